@@ -1,0 +1,1 @@
+"""Command line and Prefect flows: the top of the stack."""

@@ -1,0 +1,108 @@
+"""The `albert` command line. Each command is a thin call into the packages below; results print as one JSON
+object on the last line of stdout with --json, progress goes to stderr, user mistakes are one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from albert_core.errors import UserError
+
+Command = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+def cmd_model_info(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core import AlbertConfig, count_parameters
+
+    cfg = AlbertConfig.from_preset(args.preset)
+    return {
+        "preset": args.preset,
+        "parameters": count_parameters(cfg),  # the bare encoder, as the paper and HF AlbertModel count
+        "pretraining_parameters": count_parameters(cfg, encoder_only=False),
+        "config": cfg.to_dict(),
+    }
+
+
+def cmd_export_hf(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from albert_core import AlbertConfig, AlbertForPreTraining
+    from albert_core.checkpoint import load_model
+    from albert_core.hf import export_hf
+
+    tokenizer_dir = args.tokenizer
+    if args.source.startswith("preset:"):
+        torch.manual_seed(args.seed)
+        model = AlbertForPreTraining(AlbertConfig.from_preset(args.source.removeprefix("preset:")))
+    else:
+        source = Path(args.source)
+        if not source.is_dir():
+            raise UserError(f"{source} is not a folder; give a model folder or preset:NAME")
+        model = load_model(source)
+        if tokenizer_dir is None and (source / "tokenizer").is_dir():
+            tokenizer_dir = source / "tokenizer"
+    outdir = export_hf(model, args.outdir, tokenizer_dir)
+    return {"outdir": str(outdir), "tokenizer": tokenizer_dir is not None, "parameters": model.num_parameters()}
+
+
+def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home
+    from flows.demo import run_demo
+
+    return run_demo(albert_home(args.home), quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="albert", description="ALBERT data-and-training pipeline")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(parent: Any, name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help)
+        p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+        p.set_defaults(func=func)
+        return p
+
+    p = command(sub, "demo", cmd_demo, "run the whole chain on the builtin corpus with embedded defaults")
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+    p.add_argument("--quick", action="store_true", help="a smaller corpus and fewer steps (about a minute)")
+
+    model = sub.add_parser("model", help="model presets").add_subparsers(dest="model_command", required=True)
+    p = command(model, "info", cmd_model_info, "parameter counts and config of a preset")
+    p.add_argument("--preset", required=True)
+
+    p = command(sub, "export-hf", cmd_export_hf, "write a Hugging Face AlbertForPreTraining (+ tokenizer) folder")
+    p.add_argument("source", help="a model folder, or preset:NAME for a seeded random init")
+    p.add_argument("outdir")
+    p.add_argument("--tokenizer", help="tokenizer folder to include (default: the model folder's own)")
+    p.add_argument("--seed", type=int, default=0, help="seed for preset:NAME initialisation")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except UserError as e:
+        print(f"albert: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("albert: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(result, sort_keys=True, default=str))
+    else:
+        print(_human(result))
+    return 0
+
+
+def _human(result: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, dict))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Shared fixtures: the real corpora beside the repository, and a clean ALBERT_HOME per test."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = REPO.parent / "shared" / "corpora"
+
+
+@pytest.fixture(scope="session")
+def corpora() -> Path:
+    """Folder of the shared real-text corpora (read-only; never copied into the project)."""
+    if not CORPORA.is_dir():
+        pytest.fail(f"shared corpora not found at {CORPORA}: clone the project beside ../shared")
+    return CORPORA
+
+
+@pytest.fixture
+def albert_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "albert_home"
+    monkeypatch.setenv("ALBERT_HOME", str(home))
+    return home
