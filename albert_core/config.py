@@ -61,18 +61,24 @@ class AlbertConfig:
         if self.sharing not in get_args(Sharing):
             raise UserError(f"sharing must be one of {', '.join(get_args(Sharing))}; got {self.sharing!r}")
         if self.hidden_act not in get_args(Activation):
-            raise UserError(f"hidden_act must be one of {', '.join(get_args(Activation))}; got {self.hidden_act!r}")
+            raise UserError(
+                f"hidden_act must be one of {', '.join(get_args(Activation))}; got {self.hidden_act!r}"
+            )
         if self.num_hidden_groups > self.num_hidden_layers:
             raise UserError(
                 f"num_hidden_groups {self.num_hidden_groups} exceeds num_hidden_layers {self.num_hidden_layers}"
             )
         if self.sharing != "all" and (self.num_hidden_groups, self.inner_group_num) != (1, 1):
-            raise UserError(f"layer groups apply to sharing='all' only; sharing={self.sharing!r} needs 1 and 1")
+            raise UserError(
+                f"layer groups apply to sharing='all' only; sharing={self.sharing!r} needs 1 and 1"
+            )
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.pad_token_id < self.vocab_size:
-            raise UserError(f"pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size}")
+            raise UserError(
+                f"pad_token_id {self.pad_token_id} is outside the vocabulary of {self.vocab_size}"
+            )
 
     @property
     def layer_groups(self) -> int:

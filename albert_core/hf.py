@@ -95,7 +95,9 @@ def from_hf(hf_model: transformers.AlbertForPreTraining) -> AlbertForPreTraining
     return model.train(hf_model.training)
 
 
-def export_hf(model: AlbertForPreTraining, outdir: str | Path, tokenizer_dir: str | Path | None = None) -> Path:
+def export_hf(
+    model: AlbertForPreTraining, outdir: str | Path, tokenizer_dir: str | Path | None = None
+) -> Path:
     """Write a folder that `transformers.AlbertForPreTraining.from_pretrained` (and, with a tokenizer,
     `AlbertTokenizer.from_pretrained`) loads offline."""
     from albert_core.tokenizer import SentencePieceTokenizer

@@ -48,7 +48,9 @@ def make_batch(cfg: AlbertConfig, batch: int, seq: int, predictions: int) -> dic
 
 
 def step_fn(model: torch.nn.Module, b: dict[str, torch.Tensor], task: bool, hf: bool) -> float:
-    common = dict(input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"])
+    common = dict(
+        input_ids=b["input_ids"], token_type_ids=b["token_type_ids"], attention_mask=b["attention_mask"]
+    )
     if task and not hf:
         out = model(**common, labels=b["targets"], masked_lm_positions=b["positions"],
                     sentence_order_label=b["sentence_order_label"])  # fmt: skip
@@ -114,14 +116,21 @@ def main() -> None:
     rows = [row for p in presets for row in bench_preset(p, batch=8, seq=128, predictions=20, reps=reps)]
     env["load_avg_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "model_step.json").write_text(json.dumps({"goal": "ratio >= 1.2", "env": env, "rows": rows}, indent=2))
-    lines = ["| preset | dtype | level | ours tok/s | HF tok/s | ratio (min-max) |", "|---|---|---|---|---|---|"]
+    (RESULTS / "model_step.json").write_text(
+        json.dumps({"goal": "ratio >= 1.2", "env": env, "rows": rows}, indent=2)
+    )
+    lines = [
+        "| preset | dtype | level | ours tok/s | HF tok/s | ratio (min-max) |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [
         f"| {r['preset']} | {r['dtype']} | {r['level']} | {r['ours_tokens_per_s']:.0f} | {r['hf_tokens_per_s']:.0f} "
         f"| {r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) |"
         for r in rows
     ]
-    lines.append(f"\nbatch 8, seq 128, 20 masked positions; threads {env['threads']}, load {env['load_avg_before']}")
+    lines.append(
+        f"\nbatch 8, seq 128, 20 masked positions; threads {env['threads']}, load {env['load_avg_before']}"
+    )
     (RESULTS / "model_step.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

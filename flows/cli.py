@@ -46,7 +46,11 @@ def cmd_export_hf(args: argparse.Namespace) -> dict[str, Any]:
         if tokenizer_dir is None and (source / "tokenizer").is_dir():
             tokenizer_dir = source / "tokenizer"
     outdir = export_hf(model, args.outdir, tokenizer_dir)
-    return {"outdir": str(outdir), "tokenizer": tokenizer_dir is not None, "parameters": model.num_parameters()}
+    return {
+        "outdir": str(outdir),
+        "tokenizer": tokenizer_dir is not None,
+        "parameters": model.num_parameters(),
+    }
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
@@ -62,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(parent: Any, name: str, func: Command, help: str) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help, description=help)
-        p.add_argument("--json", action="store_true", help="print the result as one JSON object on the last line")
+        p.add_argument(
+            "--json", action="store_true", help="print the result as one JSON object on the last line"
+        )
         p.set_defaults(func=func)
         return p
 
@@ -74,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(model, "info", cmd_model_info, "parameter counts and config of a preset")
     p.add_argument("--preset", required=True)
 
-    p = command(sub, "export-hf", cmd_export_hf, "write a Hugging Face AlbertForPreTraining (+ tokenizer) folder")
+    p = command(
+        sub, "export-hf", cmd_export_hf, "write a Hugging Face AlbertForPreTraining (+ tokenizer) folder"
+    )
     p.add_argument("source", help="a model folder, or preset:NAME for a seeded random init")
     p.add_argument("outdir")
     p.add_argument("--tokenizer", help="tokenizer folder to include (default: the model folder's own)")

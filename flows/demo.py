@@ -44,7 +44,9 @@ class DemoConfig:
     seed: int = 0
 
 
-QUICK = DemoConfig(corpus_bytes=600_000, vocab_size=4000, dupe_factor=1, steps=80, warmup_steps=8, log_every=10)
+QUICK = DemoConfig(
+    corpus_bytes=600_000, vocab_size=4000, dupe_factor=1, steps=80, warmup_steps=8, log_every=10
+)
 
 
 def progress(message: str) -> None:
@@ -80,7 +82,9 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterat
 
 
 @torch.no_grad()
-def evaluate(model: AlbertForPreTraining, data: dict[str, torch.Tensor], batch_size: int = 256) -> dict[str, float]:
+def evaluate(
+    model: AlbertForPreTraining, data: dict[str, torch.Tensor], batch_size: int = 256
+) -> dict[str, float]:
     model.eval()
     mlm_hits = mlm_total = sop_hits = 0
     loss_sum = 0.0
@@ -94,7 +98,11 @@ def evaluate(model: AlbertForPreTraining, data: dict[str, torch.Tensor], batch_s
         sop_hits += (out.sop_logits.argmax(-1) == batch["sentence_order_label"]).sum().item()
         loss_sum += out.loss.item() * len(batch["input_ids"])
     model.train()
-    return {"eval_loss": loss_sum / n, "mlm_accuracy": mlm_hits / max(mlm_total, 1), "sop_accuracy": sop_hits / n}
+    return {
+        "eval_loss": loss_sum / n,
+        "mlm_accuracy": mlm_hits / max(mlm_total, 1),
+        "sop_accuracy": sop_hits / n,
+    }
 
 
 def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> dict[str, Any]:
@@ -106,7 +114,9 @@ def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> 
     documents = list(builtin_documents(max_bytes=cfg.corpus_bytes))
     sentences = [s for d in documents for s in d.sentences]
 
-    progress(f"[2/4] training a {cfg.vocab_size}-piece SentencePiece vocabulary on {len(sentences):,} sentences")
+    progress(
+        f"[2/4] training a {cfg.vocab_size}-piece SentencePiece vocabulary on {len(sentences):,} sentences"
+    )
     tokenizer = SentencePieceTokenizer.train(sentences, vocab_size=cfg.vocab_size, seed=cfg.seed)
     tokenizer_dir = tokenizer.save(home / "tokenizers" / "builtin")
 
@@ -119,7 +129,9 @@ def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> 
     eval_docs = {k: v for k, v in encoded.items() if held_out(k, cfg.eval_share)}
     word_start = tokenizer.word_start_mask()
     train = to_tensors(list(build_instances(train_docs, sop, special, word_start)))
-    evals = to_tensors(list(build_instances(eval_docs, dataclasses.replace(sop, dupe_factor=1), special, word_start)))
+    evals = to_tensors(
+        list(build_instances(eval_docs, dataclasses.replace(sop, dupe_factor=1), special, word_start))
+    )
     progress(f"      {len(train['input_ids']):,} training and {len(evals['input_ids']):,} held-out instances")
 
     model_cfg = AlbertConfig.from_preset("tiny", vocab_size=tokenizer.vocab_size, max_position_embeddings=512)

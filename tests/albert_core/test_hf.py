@@ -25,7 +25,12 @@ def max_diff(ours, theirs, mask: torch.Tensor) -> tuple[float, float]:
 
 @pytest.mark.parametrize(
     ("preset", "overrides"),
-    [("tiny", {}), ("base", {}), ("tiny", dict(num_hidden_groups=2, inner_group_num=2)), ("tiny", dict(sharing="none"))],
+    [
+        ("tiny", {}),
+        ("base", {}),
+        ("tiny", dict(num_hidden_groups=2, inner_group_num=2)),
+        ("tiny", dict(sharing="none")),
+    ],
 )
 def test_to_hf_and_back_gives_the_same_logits(preset: str, overrides: dict) -> None:
     cfg = AlbertConfig.from_preset(preset, **overrides)

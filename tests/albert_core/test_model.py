@@ -53,7 +53,9 @@ def test_padding_does_not_change_unpadded_positions() -> None:
     with torch.no_grad():
         full = model(**b)
         with_pad = model(**padded)
-    torch.testing.assert_close(with_pad.prediction_logits[:, :16], full.prediction_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        with_pad.prediction_logits[:, :16], full.prediction_logits, atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(with_pad.sop_logits, full.sop_logits, atol=1e-5, rtol=1e-5)
 
 

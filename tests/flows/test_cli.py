@@ -34,7 +34,9 @@ def test_console_script_user_errors_are_one_line_without_traceback(tmp_path: Pat
     ]:
         proc = subprocess.run([str(ALBERT), *argv], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
-        assert proc.stderr.strip().splitlines() == [f"albert: error: {proc.stderr.split('error: ', 1)[1].strip()}"]
+        assert proc.stderr.strip().splitlines() == [
+            f"albert: error: {proc.stderr.split('error: ', 1)[1].strip()}"
+        ]
         assert needle in proc.stderr and "Traceback" not in proc.stderr
 
 

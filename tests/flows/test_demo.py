@@ -14,7 +14,9 @@ from albert_core.tokenizer import SentencePieceTokenizer
 from flows.cli import main
 from flows.demo import DemoConfig, run_demo
 
-SMALL = DemoConfig(corpus_bytes=250_000, vocab_size=2000, dupe_factor=2, steps=40, warmup_steps=4, log_every=10)
+SMALL = DemoConfig(
+    corpus_bytes=250_000, vocab_size=2000, dupe_factor=2, steps=40, warmup_steps=4, log_every=10
+)
 
 
 @pytest.fixture(scope="module")
