@@ -53,6 +53,59 @@ def cmd_export_hf(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home
+    from data_jobs.ingest import IngestConfig, ingest
+
+    cfg = IngestConfig(
+        format=args.format,
+        text_field=args.text_field,
+        column=args.column,
+        layout=args.layout,
+        pre_split=args.pre_split,
+        encoding=args.encoding,
+        max_line_bytes=args.max_line_bytes,
+    )
+    return ingest(args.paths, args.corpus, home=albert_home(args.home), cfg=cfg)
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home
+    from data_jobs.tokenizer_job import TokenizerJobConfig, train_tokenizer
+
+    cfg = TokenizerJobConfig(
+        vocab_size=args.vocab_size,
+        lowercase=not args.cased,
+        sample_sentences=args.sample_sentences,
+        seed=args.seed,
+    )
+    return train_tokenizer(
+        args.corpus, home=albert_home(args.home), version=args.version, name=args.name, cfg=cfg
+    )
+
+
+def cmd_shards_build(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home
+    from data_jobs.shards import ShardsConfig, build_shards
+
+    cfg = ShardsConfig(
+        max_seq_len=args.max_seq_len,
+        dupe_factor=args.dupe_factor,
+        masking=args.masking,
+        max_predictions=args.max_predictions,
+        eval_share=args.eval_share,
+        seed=args.seed,
+    )
+    return build_shards(
+        args.corpus,
+        args.tokenizer,
+        home=albert_home(args.home),
+        version=args.version,
+        workers=args.workers,
+        cfg=cfg,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
     from flows.demo import run_demo
@@ -75,6 +128,52 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "demo", cmd_demo, "run the whole chain on the builtin corpus with embedded defaults")
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
     p.add_argument("--quick", action="store_true", help="a smaller corpus and fewer steps (about a minute)")
+
+    p = command(sub, "ingest", cmd_ingest, "ingest text, JSONL, Parquet or HF datasets into a corpus version")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs, or 'builtin'")
+    p.add_argument("--corpus", required=True, help="corpus name (letters, digits, -_.)")
+    p.add_argument("--format", choices=["text", "jsonl", "parquet", "hf"], help="default: from the extension")
+    p.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    p.add_argument("--column", default="text", help="Parquet / HF column holding the text")
+    p.add_argument("--layout", choices=["sentences", "paragraphs", "wikitext", "wrapped", "documents"],
+                   help="how text files are laid out (default: detected per file and recorded)")  # fmt: skip
+    p.add_argument("--pre-split", action="store_true", help="one sentence per line already: do not split")
+    p.add_argument("--encoding", default="utf-8", help="utf-8 (strict), auto (detect), or a codec name")
+    p.add_argument("--max-line-bytes", type=int, default=1_000_000, help="longer lines are quarantined")
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    tok = sub.add_parser("tokenizer", help="SentencePiece vocabularies").add_subparsers(
+        dest="tokenizer_command", required=True
+    )
+    p = command(tok, "train", cmd_tokenizer_train, "train a SentencePiece vocabulary on a corpus version")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--version", type=int, help="corpus version (default: latest)")
+    p.add_argument("--name", help="tokenizer name (default: the corpus name)")
+    p.add_argument("--vocab-size", type=int, default=30000)
+    p.add_argument("--cased", action="store_true", help="keep case (the reference lower-cases)")
+    p.add_argument("--sample-sentences", type=int, default=10_000_000, help="at most this many sentences")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    shards = sub.add_parser("shards", help="pretraining shards").add_subparsers(
+        dest="shards_command", required=True
+    )
+    p = command(
+        shards, "build", cmd_shards_build, "tokenize a corpus version and build SOP pretraining shards"
+    )
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--version", type=int, help="corpus version (default: latest)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer name")
+    p.add_argument("--max-seq-len", type=int, required=True)
+    p.add_argument("--dupe-factor", type=int, default=1)
+    p.add_argument("--masking", choices=["static", "dynamic"], default="static")
+    p.add_argument("--max-predictions", type=int, help="default: round(0.15 * max_seq_len)")
+    p.add_argument(
+        "--eval-share", type=float, default=0.01, help="share of documents held out for evaluation"
+    )
+    p.add_argument("--workers", type=int, help="parallel build tasks (default: one per core)")
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     model = sub.add_parser("model", help="model presets").add_subparsers(dest="model_command", required=True)
     p = command(model, "info", cmd_model_info, "parameter counts and config of a preset")
