@@ -40,8 +40,8 @@ def save_model(
     return folder
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu") -> AlbertForPreTraining:
-    """Load a folder written by `save_model`, after checking every file against the manifest."""
+def verify_model_folder(folder: str | Path) -> dict[str, Any]:
+    """Check a folder written by `save_model` against its manifest; return the manifest."""
     folder = Path(folder)
     if not (folder / "manifest.json").is_file():
         raise UserError(f"{folder} is not a model folder (no manifest.json)")
@@ -49,6 +49,19 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu") -> Albert
     if manifest.get("format") != FORMAT:
         raise UserError(f"{folder}: unsupported model format {manifest.get('format')!r}, expected {FORMAT}")
     verify_hashes(folder, manifest["files"])
+    return manifest
+
+
+def load_weights(model: torch.nn.Module, folder: str | Path) -> None:
+    """Load verified weights from a model folder into an existing model of the same config."""
+    verify_model_folder(folder)
+    safetensors.torch.load_model(model, str(Path(folder) / "model.safetensors"))
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu") -> AlbertForPreTraining:
+    """Load a folder written by `save_model`, after checking every file against the manifest."""
+    folder = Path(folder)
+    verify_model_folder(folder)
     model = AlbertForPreTraining(AlbertConfig.from_dict(read_json(folder / "config.json")))
     safetensors.torch.load_model(model, str(folder / "model.safetensors"), device=str(device))
     return model.to(device)

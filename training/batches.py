@@ -1,0 +1,70 @@
+"""Shard rows -> model inputs: static masks are read as stored; dynamic masks are drawn here, per row and epoch.
+
+Each row's dynamic mask is seeded from (seed, doc id, pass, index, epoch), so which worker reads a row, and in
+which order, never changes what is masked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from albert_core.model import IGNORE_INDEX
+from albert_core.pretraining_data import SopConfig, SpecialIds, mask_dynamic
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What the loader needs to know about the shards it reads."""
+
+    masking: Literal["static", "dynamic"]
+    special: SpecialIds
+    sop: SopConfig  # masked_lm_prob, max_predictions and max_ngram for dynamic masking
+    seed: int
+
+
+def column(batch: dict[str, np.ndarray], name: str, dtype: type) -> np.ndarray:
+    """A (B, L) array from a list column, whether Ray hands it over as 2-D or as an object array of rows."""
+    values = batch[name]
+    if values.dtype == object:
+        values = np.stack(values)
+    return values.astype(dtype, copy=False)
+
+
+def row_rng(seed: int, doc_id: str, pass_index: int, index: int, epoch: int) -> np.random.Generator:
+    key = f"{seed}\x00{doc_id}\x00{pass_index}\x00{index}\x00{epoch}".encode()
+    return np.random.default_rng(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big"))
+
+
+def to_model_inputs(batch: dict[str, np.ndarray], spec: BatchSpec, epoch: int = 0) -> dict[str, torch.Tensor]:
+    """Model keyword arguments (AlbertForPreTraining.forward) for one batch of shard rows."""
+    input_ids = column(batch, "input_ids", np.int64)
+    if spec.masking == "static":
+        positions = column(batch, "masked_lm_positions", np.int64)
+        ids = column(batch, "masked_lm_ids", np.int64)
+        weights = column(batch, "masked_lm_weights", np.float32)
+    else:
+        word_start = column(batch, "word_start", np.int8)
+        masked = [
+            mask_dynamic(input_ids[i], word_start[i], spec.special, spec.sop,
+                         row_rng(spec.seed, str(batch["doc_id"][i]), int(batch["pass_index"][i]),
+                                 int(batch["index"][i]), epoch))
+            for i in range(len(input_ids))
+        ]  # fmt: skip
+        input_ids = np.stack([m.input_ids for m in masked]).astype(np.int64)
+        positions = np.stack([m.masked_lm_positions for m in masked]).astype(np.int64)
+        ids = np.stack([m.masked_lm_ids for m in masked]).astype(np.int64)
+        weights = np.stack([m.masked_lm_weights for m in masked])
+    labels = np.where(weights > 0, ids, IGNORE_INDEX)
+    return {
+        "input_ids": torch.from_numpy(input_ids),
+        "token_type_ids": torch.from_numpy(column(batch, "token_type_ids", np.int64)),
+        "attention_mask": torch.from_numpy(column(batch, "attention_mask", np.int64)),
+        "masked_lm_positions": torch.from_numpy(positions),
+        "labels": torch.from_numpy(labels),
+        "sentence_order_label": torch.from_numpy(np.asarray(batch["sop_label"], dtype=np.int64)),
+    }

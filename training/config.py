@@ -1,0 +1,92 @@
+"""The one typed configuration of a pretraining run, shared by the CLI, the driver, the workers and MLflow."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
+
+from albert_core.config import PRESETS
+from albert_core.errors import UserError
+
+Optimizer = Literal["lamb", "adamw"]
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    shards: str  # shard id under ALBERT_HOME/shards
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = field(
+        default_factory=dict
+    )  # AlbertConfig fields, e.g. {"sharing": "none"}
+    workers: int = 2
+    batch_size: int = 32  # global: sequences per optimizer step, over all workers and accumulation steps
+    grad_accum: int = 1
+    max_steps: int = 200
+    lr: float = 5e-3  # the reference uses 1.76e-3 at batch 4096; small models at small batches take more
+    warmup_steps: int | None = None  # default: 10% of max_steps
+    optimizer: Optimizer = "lamb"
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    precision: Precision = "fp32"  # bf16 autocast on CPU and GPU; fp16 + GradScaler on GPU only
+    compile: bool = False
+    eval_every: int = 50
+    eval_batches: int = 20  # per worker, per evaluation
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    max_failures: int = 1
+    seed: int = 0
+    use_gpu: bool = False
+    model_name: str | None = None  # registered model; default albert-<preset>
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        for name in ("workers", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
+                     "log_every", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.batch_size % (self.workers * self.grad_accum):
+            raise UserError(
+                f"batch_size {self.batch_size} must be divisible by workers x grad_accum "
+                f"({self.workers} x {self.grad_accum})"
+            )
+        if self.optimizer not in get_args(Optimizer):
+            raise UserError(f"optimizer must be one of {', '.join(get_args(Optimizer))}")
+        if self.precision not in get_args(Precision):
+            raise UserError(f"precision must be one of {', '.join(get_args(Precision))}")
+        if self.precision == "fp16" and not self.use_gpu:
+            raise UserError("fp16 needs a GPU (GradScaler); use bf16 on CPU")
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.max_steps:
+            raise UserError(f"warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
+
+    @property
+    def per_worker_batch(self) -> int:
+        """Sequences one worker feeds to one forward pass."""
+        return self.batch_size // (self.workers * self.grad_accum)
+
+    @property
+    def warmup(self) -> int:
+        return self.max_steps // 10 if self.warmup_steps is None else self.warmup_steps
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.model_name or f"albert-{self.preset}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserError(f"unknown training config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return self.from_dict({**self.to_dict(), **changes})

@@ -1,0 +1,199 @@
+"""The per-worker pretraining loop: plain PyTorch, with the Ray touchpoints numbered.
+
+Read top to bottom it is the recipe: config -> model -> optimizer and schedule -> resume -> DDP -> data -> loop
+(forward, backward with accumulation, clip, step, log, evaluate, checkpoint). Every rank calls
+`ray.train.report` equally often (it is a barrier); only rank 0 attaches checkpoints and writes to MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from albert_core import AlbertConfig, AlbertForPreTraining
+from albert_core.optim import build_optimizer, lr_scheduler
+from training import tracking as m
+from training.batches import BatchSpec, to_model_inputs
+from training.checkpointing import TrainState, load_checkpoint, save_checkpoint
+from training.config import TrainConfig
+
+# Sums each rank contributes per step or per evaluation; all-reduced so figures cover every rank's data.
+STATS = ("loss_sum", "mlm_loss_sum", "sop_loss_sum", "mlm_hits", "mlm_total", "sop_hits", "sequences")
+
+
+def batch_stats(out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    valid = batch["labels"] != -100
+    n = len(batch["input_ids"])
+    return torch.tensor([
+        out.loss.item() * n, out.mlm_loss.item() * n, out.sop_loss.item() * n,
+        (out.prediction_logits.argmax(-1) == batch["labels"])[valid].sum().item(), valid.sum().item(),
+        (out.sop_logits.argmax(-1) == batch["sentence_order_label"]).sum().item(), n,
+    ], dtype=torch.float64)  # fmt: skip
+
+
+def summarize(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    s = dict(zip(STATS, stats.tolist(), strict=True))
+    n = max(s["sequences"], 1.0)
+    return {
+        f"{prefix}{m.LOSS}": s["loss_sum"] / n,
+        f"{prefix}{m.MLM_LOSS}": s["mlm_loss_sum"] / n,
+        f"{prefix}{m.SOP_LOSS}": s["sop_loss_sum"] / n,
+        f"{prefix}{m.MLM_ACC}": s["mlm_hits"] / max(s["mlm_total"], 1.0),
+        f"{prefix}{m.SOP_ACC}": s["sop_hits"] / n,
+    }
+
+
+def all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
+
+
+def micro_batches(shard: Any, spec: BatchSpec, batch_size: int, state: TrainState) -> Iterator[dict]:
+    """Endless micro-batches from a Ray Data shard, epoch after epoch, resuming at the saved data position."""
+    while True:
+        batches = shard.iter_torch_batches(
+            batch_size=batch_size,
+            collate_fn=partial(to_model_inputs, spec=spec, epoch=state.epoch),
+            drop_last=True,
+        )
+        for i, batch in enumerate(batches):
+            if i < state.batches_in_epoch:
+                continue  # consumed before the checkpoint we resumed from
+            state.batches_in_epoch = i + 1
+            yield batch
+        if state.batches_in_epoch == 0:
+            raise RuntimeError("a worker's training shard has fewer rows than one micro-batch")
+        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, shard: Any, spec: BatchSpec, cfg: TrainConfig, device: torch.device
+) -> dict:
+    """MLM loss and accuracy, SOP accuracy over this rank's whole eval split, summed over ranks."""
+    model.eval()
+    stats = torch.zeros(len(STATS), dtype=torch.float64)
+    collate = partial(to_model_inputs, spec=spec, epoch=0)
+    for batch in shard.iter_torch_batches(batch_size=cfg.per_worker_batch, collate_fn=collate):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(cfg, device):
+            stats += batch_stats(model(**batch), batch)
+    model.train()
+    return summarize(all_reduce(stats), prefix="eval_")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    cfg = TrainConfig.from_dict(config["train"])
+    spec: BatchSpec = config["spec"]
+    torch.set_num_threads(config["threads_per_worker"])
+    ctx = ray.train.get_context()  # (1) who am I
+    rank = ctx.get_world_rank()
+
+    torch.manual_seed(cfg.seed)  # the same init on every rank (DDP broadcasts rank 0's weights anyway)
+    model = AlbertForPreTraining(AlbertConfig.from_dict(config["model"]))
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
+    scheduler = lr_scheduler(optimizer, cfg.warmup, cfg.max_steps)
+    state = TrainState()
+    checkpoint = (
+        ray.train.get_checkpoint()
+    )  # (2) restarted after a failure: continue from the last checkpoint
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = load_checkpoint(Path(folder), model, optimizer, scheduler)
+    elif config.get("resume_from"):
+        state = load_checkpoint(Path(config["resume_from"]), model, optimizer, scheduler)
+    torch.manual_seed(cfg.seed * 1000 + rank + state.step)  # dropout differs by rank and step
+
+    ddp_model = ray.train.torch.prepare_model(model)  # (3) DDP + device placement
+    device = ray.train.torch.get_device()
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)
+    train_shard = ray.train.get_dataset_shard("train")  # (4) this rank's streaming split of the shards
+    eval_shard = ray.train.get_dataset_shard("eval")
+
+    tracker = (
+        m.MlflowTracker(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else m.NullTracker()
+    )
+    data = micro_batches(train_shard, spec, cfg.per_worker_batch, state)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    window_start = time.perf_counter()
+    while state.step < cfg.max_steps:
+        step_stats = torch.zeros(len(STATS), dtype=torch.float64)
+        tokens = 0
+        for micro in range(cfg.grad_accum):
+            batch = {k: v.to(device) for k, v in next(data).items()}
+            # DDP all-reduces gradients on the last micro-batch only
+            sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else ddp_model.no_sync()
+            with sync, autocast(cfg, device):
+                out = ddp_model(**batch)
+                scaler.scale(out.loss / cfg.grad_accum).backward()
+            step_stats += batch_stats(out, batch)
+            tokens += int(batch["attention_mask"].sum())
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        state.step += 1
+
+        totals = all_reduce(torch.cat([step_stats, torch.tensor([tokens], dtype=torch.float64)]))
+        state.tokens_seen += int(totals[-1])
+        elapsed = time.perf_counter() - window_start
+        window_start = time.perf_counter()
+        metrics = {
+            **summarize(totals[:-1]),
+            m.LR: lr,
+            m.GRAD_NORM: float(grad_norm),
+            m.TOKENS_PER_S: float(totals[-1]) / elapsed,
+            m.SAMPLES_PER_S: float(totals[STATS.index("sequences")]) / elapsed,
+        }
+        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
+            metrics.update(evaluate(ddp_model, eval_shard, spec, cfg, device))
+        tracker.log(metrics, state.step)
+
+        last = state.step == cfg.max_steps
+        if state.step % cfg.checkpoint_every == 0 or last:
+            if last:
+                metrics["ranks_in_sync"] = float(ranks_in_sync(model))
+            metrics.update(step=state.step, epoch=state.epoch, tokens_seen=state.tokens_seen)
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt = None
+                if rank == 0:
+                    save_checkpoint(Path(tmp), model, optimizer, scheduler, state)
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=ckpt)  # (5) every rank reports; rank 0 attaches
+        elif state.step % cfg.log_every == 0:
+            ray.train.report({**metrics, "step": state.step})
+    tracker.close()
+
+
+def ranks_in_sync(model: torch.nn.Module) -> bool:
+    """True when every rank holds bit-identical parameters (DDP's promise, checked at the end of a run)."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    digest = torch.tensor(
+        [flat.sum().item(), (flat * torch.arange(len(flat), dtype=torch.float64)).sum().item()]
+    )
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    gathered = [torch.zeros_like(digest) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, digest)
+    return all(torch.equal(g, gathered[0]) for g in gathered)

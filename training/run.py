@@ -1,0 +1,192 @@
+"""The training driver: shards + preset -> Ray Train TorchTrainer (DDP) -> MLflow run -> registered model.
+
+    runs/<run>/run.json            the run record: config, MLflow run id, attempts, latest checkpoint, final step
+    runs/<run>/ray/<attempt>/      Ray Train storage (checkpoints, keep K)
+    runs/<run>/model/              the final model folder (weights, config, tokenizer), logged to MLflow
+
+Each call makes a new Ray Train run name (an existing name would silently resume, DESIGN pitfalls); `resume`
+continues a finished run for more steps in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from albert_core import AlbertConfig
+from albert_core.errors import UserError
+from albert_core.pretraining_data import SopConfig, SpecialIds
+from albert_core.storage import read_json, validate_name, write_json
+from data_jobs.ray_runtime import ensure_ray
+from data_jobs.shards import load_manifest, read_shards
+from data_jobs.tokenizer_job import load_tokenizer
+from training.batches import BatchSpec
+from training.config import TrainConfig
+from training.registry import configure_mlflow, get_or_create_experiment, log_and_register, tracking_uri
+
+EXPERIMENT = "albert-pretraining"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}{k}.", v, out)
+    else:
+        out[prefix.rstrip(".")] = str(value)
+    return out
+
+
+def _threads_per_worker(workers: int) -> int:
+    """Torch threads per worker: the machine's cores split evenly (more threads than cores is 10x slower)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _new_run_name(preset: str) -> str:
+    return f"{preset}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
+
+
+def _log_lineage(mlflow: Any, shards_id: str, manifest: dict[str, Any], shards_path: Path) -> None:
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = manifest.get("sha256") or shards_id
+    for split in ("train", "eval"):
+        source = resolve_dataset_source(str(shards_path / split))
+        dataset = MetaDataset(source, name=f"shards/{shards_id}/{split}", digest=str(digest)[:36])
+        mlflow.log_input(dataset, context="training" if split == "train" else "evaluation")
+
+
+def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=print) -> dict[str, Any]:
+    """Run (or continue) a pretraining run; return the summary the CLI prints."""
+    import mlflow
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    started = time.perf_counter()
+    manifest = load_manifest(home, cfg.shards)
+    tokenizer, tok_manifest = load_tokenizer(home, manifest["tokenizer"]["name"])
+    if tokenizer.sha256 != manifest["tokenizer"]["sha256"]:
+        raise UserError(
+            f"tokenizer {manifest['tokenizer']['name']!r} changed since shards {cfg.shards} were built "
+            "(sha256 differs); rebuild the shards"
+        )
+    params = manifest["parameters"]
+    max_seq_len = params["max_seq_len"]
+    model_cfg = AlbertConfig.from_preset(
+        cfg.preset,
+        **{"vocab_size": tokenizer.vocab_size, "max_position_embeddings": max(512, max_seq_len)}
+        | cfg.model_overrides,
+    )
+    special = SpecialIds(tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.vocab_size)
+    sop = SopConfig(max_seq_len=max_seq_len, max_predictions=params["max_predictions"],
+                    masked_lm_prob=params["masked_lm_prob"], dupe_factor=1)  # fmt: skip
+    spec = BatchSpec(masking=params["masking"], special=special, sop=sop, seed=cfg.seed)
+
+    configure_mlflow(home)
+    uri = tracking_uri(home)
+    if resume:
+        run_dir = home / "runs" / validate_name(resume, "run name")
+        record = read_json(run_dir / "run.json")
+        if cfg.max_steps <= record["final_step"]:
+            raise UserError(
+                f"run {resume} already reached step {record['final_step']}; ask for more --max-steps"
+            )
+        run_name, resume_from = resume, record["latest_checkpoint"]
+        mlflow_run_id = record["mlflow_run_id"]
+    else:
+        run_name, resume_from = _new_run_name(cfg.preset), None
+        run_dir = home / "runs" / run_name
+        experiment_id = get_or_create_experiment(EXPERIMENT, home)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active:
+            mlflow_run_id = active.info.run_id
+            mlflow.log_params(_flatten("", {"train": cfg.to_dict(), "model": model_cfg.to_dict()}, {}))
+            mlflow.set_tags({"shards": cfg.shards, "corpus": str(manifest.get("corpus")),
+                             "tokenizer": manifest["tokenizer"]["name"],
+                             "tokenizer_sha256": tokenizer.sha256, "preset": cfg.preset})  # fmt: skip
+            _log_lineage(mlflow, cfg.shards, manifest, home / "shards" / cfg.shards)
+        record = {"run_name": run_name, "mlflow_run_id": mlflow_run_id, "attempts": [], "final_step": 0}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    attempt = f"attempt-{len(record['attempts']) + 1}"
+    record.update(config=cfg.to_dict(), attempts=[*record["attempts"], attempt])
+    write_json(run_dir / "run.json", record)
+
+    ensure_ray()
+    threads = _threads_per_worker(cfg.workers)
+    progress(f"training {cfg.preset} on shards {cfg.shards}: {cfg.workers} workers x {threads} threads, "
+             f"{cfg.max_steps} steps of {cfg.batch_size} sequences; run {run_name}")  # fmt: skip
+    trainer = TorchTrainer(
+        train_loop_per_worker=_train_loop,
+        train_loop_config={
+            "train": cfg.to_dict(),
+            "model": model_cfg.to_dict(),
+            "spec": spec,
+            "threads_per_worker": threads,
+            "tracking_uri": uri,
+            "mlflow_run_id": mlflow_run_id,
+            "resume_from": resume_from,
+        },
+        # One Ray CPU per worker; the local runtime advertises 2 per core, so Ray Data keeps CPUs to feed them.
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": 1}
+        ),
+        run_config=ray.train.RunConfig(
+            name=attempt,
+            storage_path=str(run_dir / "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+        datasets={
+            "train": read_shards(home, cfg.shards, "train"),
+            "eval": read_shards(home, cfg.shards, "eval"),
+        },
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name} finished without a checkpoint")
+    metrics = dict(result.metrics)
+    final_step = int(metrics["step"])
+
+    model_dir = run_dir / "model"
+    with result.checkpoint.as_directory() as folder:
+        record.update(latest_checkpoint=str(result.checkpoint.path), final_step=final_step)
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        from albert_core.checkpoint import load_model, save_model
+
+        save_model(load_model(Path(folder) / "model"), model_dir, tokenizer_dir=tok_manifest["path"])
+    write_json(run_dir / "run.json", record)
+
+    registered = log_and_register(
+        model_dir,
+        run_id=mlflow_run_id,
+        model_name=cfg.registered_model_name,
+        tags={
+            "shards": cfg.shards,
+            "run_name": run_name,
+            "final_step": str(final_step),
+            "tokenizer_sha256": tokenizer.sha256,
+        },  # fmt: skip
+    )
+    final = {k: v for k, v in metrics.items() if k.startswith(("eval_", "loss", "mlm_", "sop_"))}
+    return {
+        "run_id": mlflow_run_id,
+        "run_name": run_name,
+        "final_step": final_step,
+        "metrics": final,
+        "tokens_per_second": metrics.get("tokens_per_s"),
+        "ranks_in_sync": bool(metrics.get("ranks_in_sync", 1.0)),
+        "model_dir": str(model_dir),
+        "tracking_uri": uri,
+        **registered,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    from training.loop import train_loop_per_worker
+
+    train_loop_per_worker(config)
