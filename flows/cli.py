@@ -106,6 +106,33 @@ def cmd_shards_build(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+TRAIN_FLAGS = ("shards", "preset", "workers", "max_steps", "batch_size", "grad_accum", "lr", "optimizer",
+               "precision", "eval_every", "checkpoint_every", "seed", "model_name")  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home, read_json, validate_name
+    from training.config import TrainConfig
+    from training.run import train
+
+    home = albert_home(args.home)
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if args.compile:
+        given["compile"] = True
+    if args.resume:  # continue with the run's own config; flags given now override it (e.g. --max-steps)
+        base = read_json(home / "runs" / validate_name(args.resume, "run name") / "run.json")["config"]
+        cfg = TrainConfig.from_dict({**base, **given})
+    else:
+        if "shards" not in given:
+            raise UserError("--shards is required (the id printed by `albert shards build`)")
+        cfg = TrainConfig.from_dict(given)
+    return train(cfg, home=home, resume=args.resume, progress=progress)
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
     from flows.demo import run_demo
@@ -173,6 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, help="parallel build tasks (default: one per core)")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    p = command(sub, "train", cmd_train, "pretrain ALBERT on shards with Ray Train DDP, tracked in MLflow")
+    p.add_argument("--shards", help="shard id from `albert shards build`")
+    p.add_argument("--preset", help="model preset (default tiny)")
+    p.add_argument("--workers", type=int, help="DDP workers (default 2)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch in sequences")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["lamb", "adamw"])
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--model-name", help="registered model name (default albert-<preset>)")
+    p.add_argument("--resume", metavar="RUN", help="continue a finished run (same MLflow run) for more steps")
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     model = sub.add_parser("model", help="model presets").add_subparsers(dest="model_command", required=True)

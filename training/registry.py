@@ -1,0 +1,205 @@
+"""Where MLflow lives, and how a finished model folder becomes a registered, loadable model version.
+
+Embedded by default: `sqlite:///<ALBERT_HOME>/mlflow.db` with artifacts under `<ALBERT_HOME>/mlartifacts`; a
+server when MLFLOW_TRACKING_URI is set (the server then decides where artifacts go). MLflow 3.17 behaviour this
+module works around:
+
+- `mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI, after which "is the variable set?" no longer tells a
+  user's choice from our own earlier call; `configure_mlflow` restores the environment it found.
+- A SQL store gives an experiment created without `artifact_location` the root `./mlruns`, resolved against the
+  working directory of whichever process opened the store, so artifacts would land wherever a command happened to
+  run. `get_or_create_experiment` passes `<home>/mlartifacts/<name>`. (The `Default` experiment 0 is created with
+  the database and keeps `./mlruns/0`: never log to it.)
+- A `python_model` object is cloudpickled *by reference* to `training.pyfunc_model`, so it fails to load where
+  this project is not installed. We log the file itself ("models from code") and `albert_core` as code paths:
+  the model loads from its own copy of the code, and no pickle is involved.
+- Registry stages are deprecated: a new version gets the alias `candidate`; promotion moves `champion`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import albert_core
+from albert_core.checkpoint import load_model, verify_model_folder
+from albert_core.errors import UserError
+from albert_core.storage import validate_name
+
+CANDIDATE = "candidate"
+HF_EXPORT_TAG = "hf_export"  # where the Hugging Face export was logged (`runs:/<id>/hf`), or "skipped: <why>"
+# What loading the pyfunc imports (besides mlflow, which MLflow pins itself).
+RUNTIME_PACKAGES = ("torch", "sentencepiece", "safetensors", "numpy", "pandas", "protobuf", "pyarrow")
+# Application-level errors a registry server reports for a momentary condition. HTTP 429/5xx are already
+# retried inside MLflow's REST client (MLFLOW_HTTP_REQUEST_MAX_RETRIES).
+TRANSIENT_ERRORS = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+
+T = TypeVar("T")
+
+
+def tracking_uri(home: Path) -> str:
+    """$MLFLOW_TRACKING_URI if set, else the embedded SQLite database under `home`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(home).absolute() / 'mlflow.db'}"
+
+
+def _is_server(uri: str) -> bool:
+    """A tracking server picks artifact locations itself; any other store leaves it to this process."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def configure_mlflow(home: Path) -> None:
+    """Point this process at our tracking store, and the registry at the same store unless
+    $MLFLOW_REGISTRY_URI names another.
+
+    MLflow's setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI into `os.environ`; that is undone, so
+    the variables keep meaning "the user chose a store" and a second call for another home (tests, a long-lived
+    process) is not captured by the first. Subprocesses find the store as this one did: from ALBERT_HOME.
+    """
+    import mlflow
+
+    uri = tracking_uri(home)
+    if not _is_server(uri):
+        Path(home).mkdir(parents=True, exist_ok=True)  # SQLite creates the database file, not its folder
+    user_env = {var: os.environ.get(var) for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(user_env["MLFLOW_REGISTRY_URI"] or uri)
+    for var, value in user_env.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
+def get_or_create_experiment(name: str, home: Path) -> str:
+    """Id of experiment `name`; a new one on an embedded store keeps its artifacts in `<home>/mlartifacts/<name>`."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(home)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = None
+        if not _is_server(uri):
+            location = (
+                Path(home).absolute() / "mlartifacts" / validate_name(name, "experiment name")
+            ).as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
+    if experiment.lifecycle_stage != "active":
+        raise UserError(f"MLflow experiment {name!r} is deleted; restore it or remove it for good")
+    return experiment.experiment_id
+
+
+def log_and_register(
+    model_dir: Path,
+    *,
+    run_id: str,
+    model_name: str,
+    tags: dict[str, str] | None = None,
+    hf_export: bool = True,
+) -> dict[str, Any]:
+    """Log `model_dir` (a `save_model` folder with `tokenizer/`) as a pyfunc model of run `run_id`, with its
+    Hugging Face export under the run's `hf/`, and register it as a new version of `model_name` aliased
+    `candidate`. Version tags: `tags` (lineage), `run_id`, `model_sha256`, `hf_export`.
+
+    Uses the tracking and registry URIs set by `configure_mlflow`.
+    """
+    import mlflow
+
+    from training import pyfunc_model
+
+    model_dir = Path(model_dir)
+    manifest = verify_model_folder(model_dir)  # a corrupt folder fails here, before anything is uploaded
+    if not (model_dir / "tokenizer").is_dir():
+        raise UserError(f"{model_dir} has no tokenizer/ folder: the served model needs it to read text")
+    version_tags = {**(tags or {}), "run_id": run_id, "model_sha256": manifest["files"]["model.safetensors"]}
+    with _in_run(run_id):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_model.__file__,
+            artifacts={"model": str(model_dir)},
+            code_paths=[str(Path(albert_core.__file__).parent)],
+            signature=pyfunc_model.SIGNATURE,
+            input_example=(pyfunc_model.input_example(), {"top_k": pyfunc_model.DEFAULT_TOP_K}),
+            pip_requirements=_pip_requirements(),
+        )
+        version_tags[HF_EXPORT_TAG] = (
+            _log_hf_export(model_dir, run_id) if hf_export else "skipped: not requested"
+        )
+        mlflow.set_tag(HF_EXPORT_TAG, version_tags[HF_EXPORT_TAG])
+    # Not retried: creating a version is not idempotent, and a retry after a lost reply would add a second one.
+    # register_model creates the registered model when missing and tolerates a concurrent creation.
+    version = int(mlflow.register_model(info.model_uri, model_name, tags=version_tags).version)
+    client = mlflow.MlflowClient()
+    _retry(lambda: client.set_registered_model_alias(model_name, CANDIDATE, str(version)))
+    return {
+        "model_uri": f"models:/{model_name}/{version}",
+        "alias_uri": f"models:/{model_name}@{CANDIDATE}",
+        "model_version": version,
+        "run_id": run_id,
+    }
+
+
+@contextlib.contextmanager
+def _in_run(run_id: str) -> Iterator[None]:
+    """Make `run_id` the active run (reopening it if it was ended), or use it as is when it already is."""
+    import mlflow
+
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    with mlflow.start_run(run_id=run_id):
+        yield
+
+
+def _pip_requirements() -> list[str]:
+    """This environment's versions of what the pyfunc imports, so `load_model` sees no mismatch. Local version
+    labels are dropped (`2.13.0+cpu` -> `2.13.0`): pip cannot resolve them from an index."""
+    from packaging.version import Version
+
+    return [f"{name}=={Version(importlib.metadata.version(name)).public}" for name in RUNTIME_PACKAGES]
+
+
+def _log_hf_export(model_dir: Path, run_id: str) -> str:
+    """Log `export_hf`'s folder under the active run's `hf/`; return the `hf_export` tag value."""
+    import mlflow
+
+    from albert_core.hf import export_hf, to_hf_config
+
+    model = load_model(model_dir)
+    try:
+        # Sharing "attention"/"ffn" has no transformers equivalent (and nothing has one without transformers
+        # installed); the pyfunc still serves such a model, so this is a skip, not an error.
+        to_hf_config(model.config)
+    except UserError as e:
+        return f"skipped: {e}"
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(model, tmp, model_dir / "tokenizer")
+        mlflow.log_artifacts(tmp, artifact_path="hf")
+    return f"runs:/{run_id}/hf"
+
+
+def _retry(call: Callable[[], T], attempts: int = 4, delay_s: float = 0.5) -> T:
+    """`call()`, retried with exponential backoff on transient registry errors; only for idempotent calls."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts - 1):
+        try:
+            return call()
+        except MlflowException as e:
+            if e.error_code not in TRANSIENT_ERRORS:
+                raise
+            time.sleep(delay_s * 2**attempt)
+    return call()
