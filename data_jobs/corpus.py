@@ -63,7 +63,14 @@ class CorpusVersion:
         return read_json(self.path / "manifest.json")
 
     def doc_files(self) -> list[Path]:
-        return sorted(self.path.glob("docs-*.parquet"))
+        """Every document of this version: a version stores only what was new when it was ingested, so its
+        snapshot is its own files plus those of its parents."""
+        files = sorted(self.path.glob("docs-*.parquet"))
+        parent = self.manifest.get("parent")
+        if parent:
+            number = int(parent.rsplit("/v", 1)[1])
+            files = CorpusVersion(self.name, number, self.path.parent / f"v{number}").doc_files() + files
+        return files
 
     def verify(self) -> None:
         verify_hashes(self.path, self.manifest["files"])
@@ -89,13 +96,17 @@ def resolve_version(home: Path, name: str, version: int | None = None) -> Corpus
     """The named version, or the latest one; a clear error when there is none."""
     versions = list_versions(home, name)
     if not versions:
-        raise UserError(f"corpus {name!r} has no versions under {home / 'corpora'}; run `albert ingest` first")
+        raise UserError(
+            f"corpus {name!r} has no versions under {home / 'corpora'}; run `albert ingest` first"
+        )
     if version is None:
         return versions[-1]
     for v in versions:
         if v.version == version:
             return v
-    raise UserError(f"corpus {name!r} has no version {version}; it has {', '.join(f'v{v.version}' for v in versions)}")
+    raise UserError(
+        f"corpus {name!r} has no version {version}; it has {', '.join(f'v{v.version}' for v in versions)}"
+    )
 
 
 def publish_version(
