@@ -36,6 +36,7 @@ Deviations, all deliberate:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -161,7 +162,7 @@ def document_rngs(seed: int, doc_id: str, pass_index: int) -> tuple[np.random.Ge
     key = f"{seed}\x00{pass_index}\x00{doc_id}".encode()
     entropy = int.from_bytes(hashlib.blake2b(key, digest_size=32).digest(), "little")
     pairs, masking = np.random.SeedSequence(entropy).spawn(2)
-    return np.random.default_rng(pairs), np.random.default_rng(masking)
+    return np.random.Generator(np.random.PCG64(pairs)), np.random.Generator(np.random.PCG64(masking))
 
 
 # --- other documents ---------------------------------------------------------------------------------------------
@@ -191,6 +192,7 @@ class DocumentPool:
             raise UserError("single_sentence_negatives needs at least one non-empty document in the pool")
         self._ids = [doc_id for doc_id, _ in kept]
         self._docs = [arrays for _, arrays in kept]
+        self._by_id = dict(kept)  # for `build_instances`, so a document is converted and checked once
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -233,8 +235,9 @@ def _truncate_seq_pair(
     """`truncate_seq_pair` in closed form: each cut is from the front with p 0.5, so a side that loses k tokens
     loses Binomial(k, 0.5) of them at the front."""
     len_a, len_b = _fitted_lengths(len(a), len(b), max_tokens)
-    front_a = int(rng.binomial(len(a) - len_a, 0.5))
-    front_b = int(rng.binomial(len(b) - len_b, 0.5))
+    # Binomial(0, p) is 0 without a draw, so skipping the call for an uncut side leaves the stream unchanged.
+    front_a = int(rng.binomial(len(a) - len_a, 0.5)) if len(a) > len_a else 0
+    front_b = int(rng.binomial(len(b) - len_b, 0.5)) if len(b) > len_b else 0
     return a[front_a : front_a + len_a], b[front_b : front_b + len_b]
 
 
@@ -274,13 +277,13 @@ def _sop_pairs(
         if i < len(sentences) - 1 and length < target:
             continue
         a_end = int(rng.integers(1, len(chunk))) if len(chunk) >= 2 else 1
-        a = np.concatenate(chunk[:a_end])
+        a = chunk[0] if a_end == 1 else np.concatenate(chunk[:a_end])
         if len(chunk) == 1:
             if other_document is not None:  # None only when single_sentence_negatives is off
                 b = _random_b(other_document(rng, doc_id), target - len(a), rng)
                 pairs.append(_Pair(*_truncate_seq_pair(a, b, max_tokens, rng), label=1, negative=True))
         else:
-            b = np.concatenate(chunk[a_end:])
+            b = chunk[-1] if a_end == len(chunk) - 1 else np.concatenate(chunk[a_end:])
             swap = bool(rng.random() < 0.5)
             if swap:
                 a, b = b, a
@@ -297,10 +300,12 @@ def _candidate_words(
 ) -> tuple[np.ndarray, list[int]]:
     """The reference's `cand_indexes`: non-special positions `cand`, grouped into words; word k covers
     `cand[bounds[k]:bounds[k + 1]]`. A word opens at a word-start piece and at the first candidate."""
-    cand = np.flatnonzero((ids != special.cls) & (ids != special.sep))
-    new_word = starts[cand].astype(bool)
+    candidate = ids != special.cls
+    candidate &= ids != special.sep
+    cand = candidate.nonzero()[0]
+    new_word = starts[cand]  # a copy (fancy indexing)
     new_word[:1] = True  # `len(cand_indexes) >= 1` is false for the first candidate, whatever the piece
-    return cand, np.append(np.flatnonzero(new_word), cand.size).tolist()
+    return cand, [*new_word.nonzero()[0].tolist(), cand.size]
 
 
 def _choose_ngrams(
@@ -309,50 +314,80 @@ def _choose_ngrams(
     """The reference's selection loop. Visits word `order[i]` as the start of a `sizes[i]`-gram and returns the
     chosen n-grams as (first word, number of words); together they cover at most `budget` tokens."""
     num_words = len(bounds) - 1
-    covered = np.zeros(num_words, dtype=bool)  # n-grams cover whole words, so words stand for their positions
+    # n-grams cover whole words, so words stand for their positions. A bytearray, not a numpy array: the loop
+    # runs once per visited word, and numpy's per-call overhead on tiny slices was most of its time.
+    covered = bytearray(num_words)
     chosen: list[tuple[int, int]] = []
     used = 0
     for word, size in zip(order, sizes, strict=True):
-        if used >= budget:
+        room = budget - used
+        if room <= 0:
             break
+        start = bounds[word]
+        if bounds[word + 1] - start > room:  # even one word overflows the budget: skip this start
+            continue
         # An n-gram near the end is cut at the last word (the reference slices cand_indexes[k:k + n]). If it
-        # overflows the budget try n-1, …, 1 words; if even one word overflows, skip this start.
-        for n in range(min(size, num_words - word), 0, -1):
-            tokens = bounds[word + n] - bounds[word]
-            if used + tokens <= budget:
-                break
+        # overflows the budget try n-1, …, 1 words (one fits, see above).
+        n = min(size, num_words - word)
+        while bounds[word + n] - start > room:
+            n -= 1
+        if n == 1:  # the most frequent case (p 6/11 and more near the budget), without slices
+            if covered[word]:
+                continue
+            covered[word] = 1
+        elif 1 in covered[word : word + n]:
+            continue
         else:
-            continue
-        if covered[word : word + n].any():
-            continue
-        covered[word : word + n] = True
+            covered[word : word + n] = b"\x01" * n
         chosen.append((word, n))
-        used += tokens
+        used += bounds[word + n] - start
     return chosen
+
+
+@functools.cache
+def _ngram_cdf(max_ngram: int) -> np.ndarray:
+    """The cdf `Generator.choice(ngrams, p=p)` builds for p(n) ∝ 1/n (favor_shorter_ngram), with a leading 0.
+
+    `choice` with `p` spends tens of microseconds per call checking `p`; `_masked_lm` does what it does after
+    that — `cdf.searchsorted(rng.random(size), side="right")` — so draws and sizes are bit-identical to it.
+    """
+    ngrams = np.arange(1, max_ngram + 1)
+    p = 1.0 / ngrams
+    cdf = (p / p.sum()).cumsum()
+    cdf /= cdf[-1]
+    # A leading 0 shifts every index by one (u >= 0 always counts it), so searchsorted gives n, not n - 1.
+    cdf = np.concatenate([[0.0], cdf])
+    cdf.setflags(write=False)
+    return cdf
 
 
 def _masked_lm(
     ids: np.ndarray, starts: np.ndarray, special: SpecialIds, cfg: SopConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`create_masked_lm_predictions` on one unpadded sequence: (masked ids, sorted positions, original ids)."""
-    none = np.zeros(0, dtype=np.int32)
     cand, bounds = _candidate_words(ids, starts, special)
     if cfg.masked_lm_prob == 0 or cand.size == 0:  # the reference returns before its budget of at least 1
+        none = np.zeros(0, dtype=np.int32)
         return ids.copy(), none, none
     budget = min(cfg.max_predictions, max(1, int(round(len(ids) * cfg.masked_lm_prob))))
     num_words = len(bounds) - 1
-    ngrams = np.arange(1, cfg.max_ngram + 1)
-    p = 1.0 / ngrams  # favor_shorter_ngram: p(n) ∝ 1/n
-    order = rng.permutation(num_words).tolist()
-    sizes = rng.choice(ngrams, size=num_words, p=p / p.sum()).tolist()
+    order = list(range(num_words))
+    rng.shuffle(order)  # the draws of `rng.permutation(num_words)`, without the array round trip
+    # n-gram size of each visit, p(n) ∝ 1/n: `rng.choice(ngrams, size=num_words, p=p)` without its checks.
+    sizes = _ngram_cdf(cfg.max_ngram).searchsorted(rng.random(num_words), side="right").tolist()
     chosen = _choose_ngrams(bounds, order, sizes, budget)
 
-    spans = [cand[bounds[w] : bounds[w + n]] for w, n in chosen]
-    positions = np.sort(np.concatenate(spans)).astype(np.int32) if spans else none
-    labels = ids[positions].astype(np.int32)
+    cand_list = cand.tolist()
+    spans: list[int] = []
+    for w, n in chosen:
+        spans += cand_list[bounds[w] : bounds[w + n]]
+    spans.sort()
+    positions = np.array(spans, dtype=np.int32)
+    labels = ids[positions].astype(np.int32, copy=False)
     m = len(positions)
-    to_mask = rng.random(m) < 0.8
-    keep = rng.random(m) < 0.5
+    u = rng.random(2 * m)  # the draws of rng.random(m) twice, in one call
+    to_mask = u[:m] < 0.8
+    keep = u[m:] < 0.5
     random_ids = rng.integers(0, special.vocab_size, m)  # the reference samples all vocab words, specials too
     out = ids.copy()
     out[positions] = np.where(to_mask, special.mask, np.where(keep, labels, random_ids))
@@ -367,8 +402,9 @@ def _pad(values: np.ndarray, length: int, dtype: type) -> np.ndarray:
 
 def _targets(positions: np.ndarray, labels: np.ndarray, cfg: SopConfig) -> tuple[np.ndarray, ...]:
     p = cfg.max_predictions
-    weights = np.ones(len(positions), dtype=np.float32)
-    return _pad(positions, p, np.int32), _pad(labels, p, np.int32), _pad(weights, p, np.float32)
+    weights = np.zeros(p, dtype=np.float32)
+    weights[: len(positions)] = 1.0
+    return _pad(positions, p, np.int32), _pad(labels, p, np.int32), weights
 
 
 def mask_dynamic(
@@ -426,33 +462,60 @@ def document_instances(
     table = _check_table(word_start, special)
     if cfg.single_sentence_negatives and other_document is None:
         raise UserError("single_sentence_negatives is on: pass other_document (e.g. a DocumentPool)")
+    arrays = _as_arrays(sentences, special.vocab_size)
+    return _document_instances(doc_id, arrays, pass_index, cfg, special, table, other_document)
+
+
+def _document_instances(
+    doc_id: str,
+    sentences: list[np.ndarray],
+    pass_index: int,
+    cfg: SopConfig,
+    special: SpecialIds,
+    table: np.ndarray,
+    other_document: OtherDocument | None,
+) -> list[Instance]:
+    """`document_instances` on checked inputs (`_as_arrays`, `_check_table`), so `build_instances` checks and
+    converts each document once, not once per pass."""
     pair_rng, mask_rng = document_rngs(cfg.seed, doc_id, pass_index)
     other = other_document if cfg.single_sentence_negatives else None
-    pairs, short = _sop_pairs(doc_id, _as_arrays(sentences, special.vocab_size), cfg, pair_rng, other)
+    pairs, short = _sop_pairs(doc_id, sentences, cfg, pair_rng, other)
 
     instances = []
     length = cfg.max_seq_len
     for index, pair in enumerate(pairs):
-        ids = np.concatenate([[special.cls], pair.a, [special.sep], pair.b, [special.sep]]).astype(np.int32)
-        n, b_start = len(ids), len(pair.a) + 2
+        # [CLS] A [SEP] B [SEP], written into place (a few numpy calls per instance is what this loop costs).
+        b_start = len(pair.a) + 2
+        n = b_start + len(pair.b) + 1
+        ids = np.empty(n, dtype=np.int32)
+        ids[0] = special.cls
+        ids[1 : b_start - 1] = pair.a
+        ids[b_start - 1] = ids[n - 1] = special.sep
+        ids[b_start : n - 1] = pair.b
         starts = table[ids]
-        starts[[0, b_start - 1, n - 1]] = True  # token_boundary marks [CLS] and [SEP] too
+        starts[0] = starts[b_start - 1] = starts[n - 1] = True  # token_boundary marks [CLS] and [SEP] too
         if cfg.static_masking:
             ids, positions, labels = _masked_lm(ids, starts, special, cfg, mask_rng)
         else:
             positions = labels = np.zeros(0, dtype=np.int32)
+        input_ids = np.zeros(length, dtype=np.int32)
+        input_ids[:n] = ids
         token_types = np.zeros(length, dtype=np.int32)
         token_types[b_start:n] = 1
+        attention_mask = np.zeros(length, dtype=np.int32)
+        attention_mask[:n] = 1
+        word_starts = np.zeros(length, dtype=np.int8)
+        word_starts[:n] = starts
         mlm_positions, mlm_ids, mlm_weights = _targets(positions, labels, cfg)
         instances.append(
             Instance(
                 doc_id=doc_id,
                 pass_index=pass_index,
                 index=index,
-                input_ids=_pad(ids, length, np.int32),
+                input_ids=input_ids,
                 token_type_ids=token_types,
-                attention_mask=_pad(np.ones(n), length, np.int32),
-                word_start=_pad(starts, length, np.int8),
+                attention_mask=attention_mask,
+                word_start=word_starts,
                 sop_label=pair.label,
                 masked_lm_positions=mlm_positions,
                 masked_lm_ids=mlm_ids,
@@ -476,10 +539,14 @@ def build_instances(
     Without `other_document`, single-sentence negatives draw from a `DocumentPool` of `documents` themselves,
     as the reference draws from all documents of its input files.
     """
+    table = _check_table(word_start, special)
+    pool = None
     if other_document is None and cfg.single_sentence_negatives:
-        other_document = DocumentPool(documents, special.vocab_size)
+        other_document = pool = DocumentPool(documents, special.vocab_size)
     for doc_id in sorted(documents):
+        if pool is not None:
+            sentences = pool._by_id.get(doc_id, [])  # documents left out of the pool are empty
+        else:
+            sentences = _as_arrays(documents[doc_id], special.vocab_size)
         for pass_index in range(cfg.dupe_factor):
-            yield from document_instances(
-                doc_id, documents[doc_id], pass_index, cfg, special, word_start, other_document
-            )
+            yield from _document_instances(doc_id, sentences, pass_index, cfg, special, table, other_document)
