@@ -1,0 +1,545 @@
+"""Shards job: a corpus version + a tokenizer -> SOP pretraining rows in Parquet, built by Ray Data workers.
+
+    shards/<id>/   train/part-00000.parquet …   eval/part-00000.parquet …   manifest.json
+
+The id is a short hash of everything that determines the rows: the corpus version and the sha256 of its manifest
+(which holds the sha256 of every document file), the tokenizer's sha256 and the resolved `ShardsConfig`. Building
+an id that already has a manifest returns it (content-addressed reuse). The worker count is not part of the id:
+it changes no row.
+
+How rows are made (google-research/albert `create_pretraining_data.py`, see `albert_core.pretraining_data`):
+Ray Data reads the documents; a pool of actors, each holding the SentencePiece model and the document pool, takes
+one block of documents per call, encodes its sentences in one batch, builds each document's instances for every
+dupe pass (static n-gram masking, or unmasked pairs plus word-start flags for dynamic masking in the loader) and
+streams them into row groups of its own Parquet files. Neither the driver nor a worker ever holds more than a block
+of documents and a row group of instances, so memory does not grow with the corpus. The driver receives one small
+statistics row per written file; at the end it names the files `part-00000…` in the order of their blocks' first
+document ids (never in arrival order), writes the manifest last and renames the folder into place.
+
+Determinism: every random choice derives from (seed, document id, pass) in albert_core; the train/eval split from a
+hash of the document id; the document pool that single-sentence chunks draw their B segment from ("a random other
+document" in the reference) is the ≤2000 training documents with the smallest hash of (seed, id), built once in the
+driver and shared with every worker. So the rows do not depend on the worker count, on block layout or on order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from albert_core.errors import UserError
+from albert_core.pretraining_data import DocumentPool, Instance, SopConfig, SpecialIds, document_instances
+from albert_core.storage import atomic_directory, read_json, sha256_file, validate_name, write_json
+from albert_core.tokenizer import SentencePieceTokenizer
+from data_jobs.corpus import CorpusVersion, resolve_version
+from data_jobs.ray_runtime import ensure_ray
+from data_jobs.tokenizer_job import load_tokenizer
+
+FORMAT = 1  # part of the shard id: bump it when the same inputs would give different rows
+MANIFEST = "manifest.json"
+SPLITS = ("train", "eval")
+POOL_DOCUMENTS = 2000  # bounds the pool's memory; the reference draws from every document
+ENCODE_DOCUMENTS = 256  # documents encoded per SentencePiece batch call
+ROW_GROUP_ROWS = 4096  # instances buffered by a worker before they go to disk
+
+Masking = Literal["static", "dynamic"]
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    """Build parameters; all but `eval_share` and `masking` are `SopConfig` fields (the reference's flags)."""
+
+    max_seq_len: int = 128
+    dupe_factor: int = 1
+    masking: Masking = "static"
+    # None: round(masked_lm_prob * max_seq_len), the largest budget a sequence can have (19 for 128; the
+    # reference's flag is 20, whose last slot can never be used at 128 tokens).
+    max_predictions: int | None = None
+    short_seq_prob: float = 0.1
+    masked_lm_prob: float = 0.15
+    eval_share: float = 0.01  # documents held out for evaluation, chosen by a hash of their id
+    single_sentence_negatives: bool = True
+    seed: int = 12345
+
+    def __post_init__(self) -> None:
+        if self.masking not in get_args(Masking):
+            raise UserError(f"masking must be one of {', '.join(get_args(Masking))}, got {self.masking!r}")
+        share = self.eval_share
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1:
+            raise UserError(f"eval_share must be a number in [0, 1), got {share!r}")
+        for name in (
+            "max_seq_len",
+            "masked_lm_prob",
+        ):  # used to resolve max_predictions before SopConfig runs
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise UserError(f"{name} must be a number, got {value!r}")
+        self.sop()  # SopConfig checks the rest, with its own messages
+
+    def sop(self) -> SopConfig:
+        predictions = self.max_predictions
+        if predictions is None:
+            predictions = max(1, round(self.masked_lm_prob * self.max_seq_len))
+        return SopConfig(
+            max_seq_len=self.max_seq_len,
+            short_seq_prob=self.short_seq_prob,
+            masked_lm_prob=self.masked_lm_prob,
+            max_predictions=predictions,
+            dupe_factor=self.dupe_factor,
+            single_sentence_negatives=self.single_sentence_negatives,
+            static_masking=self.masking == "static",
+            seed=self.seed,
+        )
+
+    def resolved(self) -> dict[str, Any]:
+        """The parameters as recorded in the manifest and hashed into the id (max_predictions filled in)."""
+        return {**asdict(self), "max_predictions": self.sop().max_predictions}
+
+
+def row_schema(cfg: ShardsConfig) -> pa.Schema:
+    """Shard rows: fixed-length int32 token columns (`fixed_size_list`, which ray.data, pyarrow.dataset and
+    datasets all read), the stable key (doc_id, pass_index, index), and the masking columns of `cfg.masking`."""
+    seq_len, predictions = cfg.max_seq_len, cfg.sop().max_predictions
+    fields = [
+        ("doc_id", pa.string()),
+        ("pass_index", pa.int32()),
+        ("index", pa.int32()),
+        ("input_ids", pa.list_(pa.int32(), seq_len)),
+        ("token_type_ids", pa.list_(pa.int32(), seq_len)),
+        ("attention_mask", pa.list_(pa.int32(), seq_len)),
+        ("sop_label", pa.int8()),  # 1 = swapped, or B from another document
+    ]
+    if cfg.masking == "static":
+        fields += [
+            ("masked_lm_positions", pa.list_(pa.int32(), predictions)),
+            ("masked_lm_ids", pa.list_(pa.int32(), predictions)),
+            ("masked_lm_weights", pa.list_(pa.float32(), predictions)),
+        ]
+    else:
+        fields.append(("word_start", pa.list_(pa.int8(), seq_len)))
+    return pa.schema(fields)
+
+
+def _hash64(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def held_out(doc_id: str, share: float) -> bool:
+    """Train/eval split by a hash of the document id alone: the same documents are held out whatever the seed,
+    dupe factor or sequence length, so evaluations of different builds compare on the same text."""
+    return _hash64(f"eval\x00{doc_id}") / 2**64 < share
+
+
+# --- the worker --------------------------------------------------------------------------------------------------
+
+
+class _SplitWriter:
+    """Instances of one split from one block: buffered, written as row groups of one Parquet file, counted."""
+
+    def __init__(self, path: Path, cfg: ShardsConfig) -> None:
+        self.path = path
+        self.counts: Counter[str] = Counter()
+        self._static = cfg.masking == "static"
+        self._sop = cfg.sop()
+        self._schema = row_schema(cfg)
+        self._buffer: list[Instance] = []
+        self._writer: pq.ParquetWriter | None = None
+
+    def add(self, instances: list[Instance]) -> None:
+        self._buffer += instances
+        if len(self._buffer) >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def close(self) -> dict[str, Any]:
+        """Finish the file; its statistics row (file None when the block had no instances of this split)."""
+        self._flush()
+        row: dict[str, Any] = {"file": None, "sha256": None, "bytes": 0}
+        if self._writer is not None:
+            self._writer.close()
+            row.update(file=self.path.name, sha256=sha256_file(self.path), bytes=self.path.stat().st_size)
+        return {**row, **self.counts}
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        value_fields = list(self._schema)[3:]  # after the key columns doc_id, pass_index, index
+        columns = {f.name: np.stack([getattr(i, f.name) for i in self._buffer]) for f in value_fields}
+        self._count(columns)
+        arrays = [
+            pa.array([i.doc_id for i in self._buffer], pa.string()),
+            pa.array([i.pass_index for i in self._buffer], pa.int32()),
+            pa.array([i.index for i in self._buffer], pa.int32()),
+        ]
+        for f in value_fields:
+            values = columns[f.name].astype(_numpy_type(f.type))
+            if pa.types.is_fixed_size_list(f.type):
+                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(values.ravel()), f.type.list_size))
+            else:
+                arrays.append(pa.array(values, f.type))
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path, self._schema, compression="zstd")
+        self._writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=self._schema))
+        self._buffer = []
+
+    def _count(self, columns: dict[str, np.ndarray]) -> None:
+        negative = np.array([i.single_sentence_negative for i in self._buffer])
+        lengths = columns["attention_mask"].sum(axis=1)
+        c = self.counts
+        c["instances"] += len(self._buffer)
+        c["tokens"] += int(lengths.sum())
+        c["negatives"] += int(negative.sum())
+        c["pairs"] += int((~negative).sum())
+        c["swapped"] += int(((columns["sop_label"] == 1) & ~negative).sum())
+        if self._static:
+            masked = columns["masked_lm_weights"].sum(axis=1)
+            budget = np.minimum(
+                self._sop.max_predictions, np.maximum(1, np.round(lengths * self._sop.masked_lm_prob))
+            )
+            c["masked_positions"] += int(masked.sum())
+            c["budget_filled"] += int((masked == budget).sum())
+
+
+def _numpy_type(t: pa.DataType) -> type:
+    return (t.value_type if pa.types.is_fixed_size_list(t) else t).to_pandas_dtype()
+
+
+class ShardWorker:
+    """Ray Data actor: one block of documents (`id`, `sentences`) per call -> its instances in one Parquet file
+    per split under `folder/<split>/`; returns one statistics row per split the block touched."""
+
+    def __init__(
+        self,
+        tokenizer: SentencePieceTokenizer,
+        pool: ray.ObjectRef | None,
+        cfg: ShardsConfig,
+        folder: str,
+        threads: int,
+    ) -> None:
+        self._tokenizer = tokenizer  # unpickled from its model bytes once per actor
+        self._word_start = tokenizer.word_start_mask()
+        self._special = special_ids(tokenizer)
+        self._pool = ray.get(pool) if pool is not None else None
+        self._cfg = cfg
+        self._sop = cfg.sop()
+        self._folder = Path(folder)
+        self._threads = threads
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        # Named after the block's smallest id, so a retried task rewrites its own file; renamed by the driver.
+        first = pc.min(block["id"]).as_py() or ""
+        stem = f".block-{_hash64(first):016x}.parquet"
+        writers = {split: _SplitWriter(self._folder / split / stem, self._cfg) for split in SPLITS}
+        for chunk in block.to_batches(max_chunksize=ENCODE_DOCUMENTS):
+            for doc_id, sentences, text_bytes in self._encode(chunk):
+                writer = writers["eval" if held_out(doc_id, self._cfg.eval_share) else "train"]
+                writer.counts["documents"] += 1
+                writer.counts["sentences"] += len(sentences)
+                writer.counts["text_bytes"] += text_bytes
+                for pass_index in range(self._sop.dupe_factor):
+                    self._build(writer, doc_id, sentences, pass_index)
+        rows = [{"split": split, "first_doc": first, **w.close()} for split, w in writers.items() if w.counts]
+        return pa.Table.from_pylist(rows, schema=STATS_SCHEMA)
+
+    def _encode(self, chunk: pa.RecordBatch) -> list[tuple[str, list[list[int]], int]]:
+        """(document id, token ids per sentence, UTF-8 bytes of its text) for each document of `chunk`."""
+        sentences = chunk.column("sentences")
+        lengths = pc.list_value_length(sentences).fill_null(0).to_numpy(zero_copy_only=False)
+        flat = sentences.flatten().fill_null("")
+        ids = self._tokenizer.encode(flat.to_pylist(), num_threads=self._threads)
+        text_bytes = pc.binary_length(flat).to_numpy(zero_copy_only=False)
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        return [
+            (doc_id, ids[a:b], int(text_bytes[a:b].sum()))
+            for doc_id, a, b in zip(chunk.column("id").to_pylist(), bounds[:-1], bounds[1:], strict=True)
+        ]
+
+    def _build(self, writer: _SplitWriter, doc_id: str, sentences: list[list[int]], pass_index: int) -> None:
+        instances = document_instances(
+            doc_id, sentences, pass_index, self._sop, self._special, self._word_start, self._pool
+        )
+        if instances:  # the short target is drawn once per document pass: count it once
+            writer.counts["document_passes"] += 1
+            writer.counts["short_document_passes"] += instances[0].short_target
+            writer.add(instances)
+
+
+STAT_COUNTS = ("documents", "sentences", "text_bytes", "instances", "tokens", "pairs", "swapped", "negatives",
+               "document_passes", "short_document_passes", "masked_positions", "budget_filled")  # fmt: skip
+
+
+# What a worker returns per block and split: where its file is (None if no instances) and what it counted.
+STATS_SCHEMA = pa.schema(
+    [("split", pa.string()), ("first_doc", pa.string()), ("file", pa.string()), ("sha256", pa.string()),
+     ("bytes", pa.int64()), *((name, pa.int64()) for name in STAT_COUNTS)]
+)  # fmt: skip
+
+
+def special_ids(tokenizer: SentencePieceTokenizer) -> SpecialIds:
+    return SpecialIds(tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.vocab_size)
+
+
+# --- the document pool -------------------------------------------------------------------------------------------
+
+
+def _pool_candidates(block: pa.Table, seed: int, eval_share: float, k: int) -> pa.Table:
+    """The ≤k training documents of `block` with the smallest pool keys (so only those travel to the driver)."""
+    ids = block["id"].to_pylist()
+    keyed = sorted(
+        (_hash64(f"pool\x00{seed}\x00{doc_id}"), doc_id, row)
+        for row, doc_id in enumerate(ids)
+        if not held_out(doc_id, eval_share)
+    )[:k]
+    rows = pa.array([row for _, _, row in keyed], pa.int64())  # typed: an empty list would be null-typed
+    picked = block.select(["id", "sentences"]).take(rows)
+    return picked.append_column("key", pa.array([key for key, _, _ in keyed], pa.uint64()))
+
+
+def build_pool(
+    files: list[str], tokenizer: SentencePieceTokenizer, cfg: ShardsConfig, k: int = POOL_DOCUMENTS
+) -> DocumentPool:
+    """The documents single-sentence chunks draw B from: the k training documents with the smallest hash of
+    (seed, id), encoded once. Merged k at a time, so the driver holds at most 2k documents."""
+    candidates = ray.data.read_parquet(files, columns=["id", "sentences"]).map_batches(
+        _pool_candidates,
+        fn_kwargs={"seed": cfg.seed, "eval_share": cfg.eval_share, "k": k},
+        batch_format="pyarrow",
+    )
+    best: pa.Table | None = None
+    for table in candidates.iter_batches(batch_format="pyarrow", batch_size=None):
+        merged = table if best is None else pa.concat_tables([best, table])
+        best = merged.sort_by([("key", "ascending"), ("id", "ascending")]).slice(0, k)
+    if best is None or not len(best):
+        raise UserError("single_sentence_negatives needs training documents for its pool; there are none")
+    documents = {}
+    for doc_id, sentences in zip(best["id"].to_pylist(), best["sentences"].to_pylist(), strict=True):
+        documents[doc_id] = tokenizer.encode([s or "" for s in sentences])
+    return DocumentPool(documents, tokenizer.vocab_size)
+
+
+# --- the job -----------------------------------------------------------------------------------------------------
+
+
+def shards_dir(home: Path, shard_id: str) -> Path:
+    return home / "shards" / validate_name(shard_id, "shard id")
+
+
+def _lineage(source: CorpusVersion, name: str, tokenizer: SentencePieceTokenizer, cfg: ShardsConfig) -> dict:
+    return {
+        "format": FORMAT,
+        "corpus": source.id,
+        "corpus_manifest_sha256": sha256_file(source.path / MANIFEST),
+        "tokenizer": {
+            "name": name,
+            "sha256": tokenizer.sha256,
+            "vocab_size": tokenizer.vocab_size,
+            "lowercase": tokenizer.lowercase,
+        },
+        "parameters": cfg.resolved(),
+    }
+
+
+def shard_id(lineage: dict[str, Any]) -> str:
+    """16 hex digits of sha256 over what determines the rows (the tokenizer by content, not by name)."""
+    key = {**lineage, "tokenizer": lineage["tokenizer"]["sha256"]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _resources(workers: int | None) -> tuple[int, float, int]:
+    """(actors, Ray CPUs per actor, SentencePiece threads per actor)."""
+    cores = os.cpu_count() or 1
+    n = cores if workers is None else workers
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"workers must be a positive integer, got {workers!r}")
+    # Leave at least one Ray CPU for the read tasks that feed the actors: actors holding every CPU starve them
+    # and the job never ends (DESIGN.md pitfalls, "Ray on 2 cores").
+    cluster = ray.cluster_resources().get("CPU", cores)
+    return n, min(1.0, max(cluster - 1, 0.1) / n), max(1, cores // n)
+
+
+def _run_workers(
+    files: list[str], tokenizer: SentencePieceTokenizer, pool: DocumentPool | None, cfg: ShardsConfig,
+    folder: Path, resources: tuple[int, float, int],
+) -> pa.Table:  # fmt: skip
+    """Build every block's files; return the statistics rows (one per block and split)."""
+    n, cpus, threads = resources
+    results = ray.data.read_parquet(files, columns=["id", "sentences"]).map_batches(
+        ShardWorker,
+        fn_constructor_kwargs={
+            "tokenizer": tokenizer,
+            "pool": ray.put(pool) if pool is not None else None,
+            "cfg": cfg,
+            "folder": str(folder),
+            "threads": threads,
+        },
+        batch_format="pyarrow",
+        batch_size=None,  # one call per block: a file holds one block's instances, whatever the arrival order
+        compute=ray.data.ActorPoolStrategy(size=n),
+        num_cpus=cpus,
+    )
+    tables = list(results.iter_batches(batch_format="pyarrow", batch_size=None))
+    return pa.concat_tables(tables) if tables else STATS_SCHEMA.empty_table()
+
+
+def _place_files(folder: Path, stats: pa.Table, cfg: ShardsConfig) -> dict[str, dict[str, Any]]:
+    """Rename each split's files to part-00000… in order of their blocks' first document id; a split without
+    instances gets one empty file, so every split reads back with the right schema."""
+    written = [r for r in stats.to_pylist() if r["file"]]
+    if len({(r["split"], r["file"]) for r in written}) != len(written):
+        raise UserError("the corpus has duplicate document ids: two blocks start with the same id")
+    files = {}
+    for split in SPLITS:
+        (folder / split).mkdir(exist_ok=True)
+        parts = sorted((r for r in written if r["split"] == split), key=lambda r: r["first_doc"])
+        for k, row in enumerate(parts):
+            name = f"{split}/part-{k:05d}.parquet"
+            os.replace(folder / split / row["file"], folder / name)
+            files[name] = {"sha256": row["sha256"], "rows": row["instances"], "bytes": row["bytes"]}
+        if not parts:
+            name = f"{split}/part-00000.parquet"
+            pq.write_table(row_schema(cfg).empty_table(), folder / name, compression="zstd")
+            files[name] = {
+                "sha256": sha256_file(folder / name),
+                "rows": 0,
+                "bytes": (folder / name).stat().st_size,
+            }
+    return files
+
+
+def _statistics(stats: pa.Table, cfg: ShardsConfig) -> dict[str, Any]:
+    def ratio(a: int, b: int) -> float | None:
+        return round(a / b, 6) if b else None
+
+    per_split = {
+        split: {name: int(pc.sum(stats.filter(pc.equal(stats["split"], split))[name]).as_py() or 0)
+                for name in STAT_COUNTS}
+        for split in SPLITS
+    }  # fmt: skip
+    total = {name: sum(s[name] for s in per_split.values()) for name in STAT_COUNTS}
+    static = cfg.masking == "static"
+    masked = ratio(total["masked_positions"], total["instances"]) if static else None
+    filled = ratio(total["budget_filled"], total["instances"]) if static else None
+    return {
+        **per_split,
+        "documents": total["documents"],
+        "text_bytes": total["text_bytes"],
+        "instances": total["instances"],
+        "tokens": total["tokens"],
+        # Of true sentence pairs: single-sentence negatives always have label 1 and are counted on their own.
+        "swapped_fraction": ratio(total["swapped"], total["pairs"]),
+        "short_target_fraction": ratio(total["short_document_passes"], total["document_passes"]),
+        "single_sentence_negative_fraction": ratio(total["negatives"], total["instances"]),
+        "mean_masked_positions": masked,
+        "masked_budget_filled_fraction": filled,
+    }
+
+
+def build_shards(
+    corpus: str,
+    tokenizer: str,
+    *,
+    home: Path,
+    version: int | None = None,
+    workers: int | None = None,
+    cfg: ShardsConfig = ShardsConfig(),
+) -> dict[str, Any]:
+    """Build (or reuse) the shards of a corpus version with a tokenizer; return the summary the CLI prints."""
+    started = time.perf_counter()
+    source = resolve_version(home, corpus, version)
+    tok, _ = load_tokenizer(home, tokenizer)
+    lineage = _lineage(source, tokenizer, tok, cfg)
+    sid = shard_id(lineage)
+    target = shards_dir(home, sid)
+    if (target / MANIFEST).is_file():
+        return _summary(read_json(target / MANIFEST), target, reused=True, started=started)
+    files = [str(p) for p in source.doc_files()]
+    if not files:
+        raise UserError(f"corpus {source.id} has no document files")
+    ensure_ray()
+    resources = _resources(workers)
+    pool = build_pool(files, tok, cfg) if cfg.single_sentence_negatives else None
+    try:
+        with atomic_directory(target) as tmp:
+            stats = _run_workers(files, tok, pool, cfg, tmp, resources)
+            placed = _place_files(tmp, stats, cfg)
+            manifest = {
+                "id": sid,
+                **lineage,
+                "pool": {"documents": len(pool), "limit": POOL_DOCUMENTS} if pool is not None else None,
+                "statistics": _statistics(stats, cfg),
+                "files": placed,
+                "sha256": hashlib.sha256(json.dumps(placed, sort_keys=True).encode()).hexdigest(),
+                "workers": resources[0],
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+            write_json(tmp / MANIFEST, manifest)
+    except UserError:
+        if (target / MANIFEST).is_file():  # a concurrent build of the same id was renamed first: same rows
+            return _summary(read_json(target / MANIFEST), target, reused=True, started=started)
+        raise
+    return _summary(manifest, target, reused=False, started=started)
+
+
+def _summary(manifest: dict[str, Any], path: Path, *, reused: bool, started: float) -> dict[str, Any]:
+    stats = manifest["statistics"]
+    return {
+        "id": manifest["id"],
+        "path": str(path),
+        "corpus": manifest["corpus"],
+        "tokenizer": manifest["tokenizer"]["name"],
+        "instances": {split: stats[split]["instances"] for split in SPLITS},
+        "tokens": stats["tokens"],
+        "statistics": {k: v for k, v in stats.items() if k not in SPLITS},
+        "files": len(manifest["files"]),
+        "reused": reused,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+# --- readers (the training layer's entry points) -----------------------------------------------------------------
+
+
+def load_manifest(home: Path, shard_id: str) -> dict[str, Any]:
+    path = shards_dir(home, shard_id) / MANIFEST
+    if not path.is_file():
+        raise UserError(
+            f"unknown shards {shard_id!r}: {path} does not exist (`albert shards build` prints ids)"
+        )
+    manifest = read_json(path)
+    if manifest.get("format") != FORMAT:
+        raise UserError(
+            f"shards {shard_id} have format {manifest.get('format')!r}, this version reads {FORMAT}; rebuild them"
+        )
+    return manifest
+
+
+def read_shards(home: Path, shard_id: str, split: str) -> ray.data.Dataset:
+    """One split of a shard set as a Ray Dataset, after checking every file's schema against the manifest."""
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    manifest = load_manifest(home, shard_id)
+    expected = row_schema(ShardsConfig(**manifest["parameters"]))
+    folder = shards_dir(home, shard_id)
+    paths = [folder / name for name in sorted(manifest["files"]) if name.startswith(f"{split}/")]
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"{path} is missing (recorded in {folder / MANIFEST})")
+        found = pq.read_schema(path)
+        if not found.equals(expected):
+            raise UserError(f"{path} does not have the schema of format {FORMAT} shards; rebuild them")
+    ensure_ray()
+    return ray.data.read_parquet([str(p) for p in paths])

@@ -1,0 +1,203 @@
+"""The SentencePiece job on real text (WikiText-2 valid): a deterministic sample read with Ray Data, a recorded,
+reproducible model, and one-line errors for what a user can get wrong."""
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from albert_core.errors import UserError
+from albert_core.storage import sha256_file
+from albert_core.text import normalize, split_sentences
+from data_jobs.corpus import DOCS_SCHEMA, publish_version, resolve_version
+from data_jobs.ray_runtime import ensure_ray
+from data_jobs.tokenizer_job import (
+    TokenizerJobConfig,
+    load_tokenizer,
+    sample_sentences,
+    train_tokenizer,
+)
+from flows.cli import main
+
+VOCAB = 4000
+SAMPLE = 5000
+_TITLE = re.compile(r"^ = [^=].* = $")  # ` = Title = ` starts an article; ` = = Section = = ` does not
+_HEADING = re.compile(r"^ (= )+.*( =)+ $")
+
+
+def wikitext_documents(path: Path) -> dict[str, list[str]]:
+    """Sentences of each WikiText article (headings dropped), keyed `wikitext:<k>`."""
+    docs: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in normalize(path.read_text(encoding="utf-8")).split("\n"):
+        if _TITLE.match(line):
+            current = docs.setdefault(f"wikitext:{len(docs):03d}", [])
+        elif current is not None and line.strip() and not _HEADING.match(line):
+            current += split_sentences(line.strip())
+    return docs
+
+
+def publish(home: Path, name: str, docs: dict[str, list[str]], files: int) -> None:
+    """A corpus version as ingestion lays it out: `files` docs-*.parquet files of contiguous documents."""
+
+    def build(folder: Path) -> dict:
+        ids = sorted(docs)
+        for f in range(files):
+            part = ids[f * len(ids) // files : (f + 1) * len(ids) // files]
+            table = pa.table(
+                {
+                    "id": part,
+                    "source": ["wikitext2-valid.raw.txt"] * len(part),
+                    "sentences": [docs[i] for i in part],
+                    "content_hash": [hashlib.sha256("\n".join(docs[i]).encode()).hexdigest() for i in part],
+                },
+                schema=DOCS_SCHEMA,
+            )
+            pq.write_table(table, folder / f"docs-{f:05d}.parquet")
+        return {"documents": len(ids)}
+
+    publish_version(home, name, build)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    ensure_ray()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def docs(corpora: Path) -> dict[str, list[str]]:
+    return wikitext_documents(corpora / "wikitext2-valid.raw.txt")
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, docs: dict[str, list[str]]) -> Path:
+    home = tmp_path_factory.mktemp("albert_home")
+    publish(home, "wiki", docs, files=4)
+    publish(home, "wiki-one-file", docs, files=1)
+    return home
+
+
+@pytest.fixture(scope="module")
+def trained(home: Path) -> dict:
+    return train_tokenizer(
+        "wiki", home=home, cfg=TokenizerJobConfig(vocab_size=VOCAB, sample_sentences=SAMPLE)
+    )
+
+
+def test_sample_depends_on_seed_not_on_layout(home: Path, docs: dict[str, list[str]]) -> None:
+
+    cfg = TokenizerJobConfig(sample_sentences=SAMPLE)
+    four, total = sample_sentences(resolve_version(home, "wiki"), cfg)
+    one, total_one = sample_sentences(resolve_version(home, "wiki-one-file"), cfg)
+    assert four == one  # same sentences in the same order, whatever the files and blocks
+    assert total == total_one == sum(len(s) for s in docs.values())
+    assert len(four) == SAMPLE
+    everything = [s for doc_id in sorted(docs) for s in docs[doc_id]]
+    assert set(four) <= set(everything)
+    other, _ = sample_sentences(
+        resolve_version(home, "wiki"), TokenizerJobConfig(sample_sentences=SAMPLE, seed=1)
+    )
+    assert len(set(other) ^ set(four)) > SAMPLE // 10
+    whole, _ = sample_sentences(resolve_version(home, "wiki"), TokenizerJobConfig(sample_sentences=10**9))
+    assert whole == [s for s in everything if s]
+
+
+def test_training_is_reproducible_and_recorded(home: Path, trained: dict) -> None:
+    again = train_tokenizer(
+        "wiki-one-file",
+        home=home,
+        name="again",
+        cfg=TokenizerJobConfig(vocab_size=VOCAB, sample_sentences=SAMPLE),
+    )
+    assert again["sha256"] == trained["sha256"]
+    assert trained["name"] == "wiki" and trained["corpus"] == "wiki/v1" and trained["vocab_size"] == VOCAB
+    assert trained["sentences_sampled"] == SAMPLE
+
+    folder = Path(trained["path"])
+    assert folder == home / "tokenizers" / "wiki"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["corpus"] == "wiki/v1"
+    assert manifest["corpus_manifest_sha256"] == sha256_file(
+        home / "corpora" / "wiki" / "v1" / "manifest.json"
+    )
+    assert manifest["sample"] == {"sentences": SAMPLE, "corpus_sentences": trained["corpus_sentences"]}
+    assert manifest["parameters"] == {
+        "vocab_size": VOCAB,
+        "lowercase": True,
+        "sample_sentences": SAMPLE,
+        "seed": 0,
+    }
+    assert manifest["sha256"] == sha256_file(folder / "spiece.model") == trained["sha256"]
+    assert manifest["files"]["spiece.model"] == trained["sha256"]
+    assert manifest["created"].endswith("+00:00")
+
+    tokenizer, loaded = load_tokenizer(home, "wiki")
+    assert tokenizer.sha256 == trained["sha256"] and tokenizer.lowercase
+    assert loaded["path"] == str(folder)
+    pieces = tokenizer.encode_as_pieces("The ship was launched in 1889 .")
+    assert pieces[0] == "▁the" and len(pieces) < 12
+
+
+def test_retraining_replaces_atomically(home: Path, trained: dict) -> None:
+    cfg = TokenizerJobConfig(vocab_size=VOCAB, sample_sentences=SAMPLE, lowercase=False)
+    cased = train_tokenizer("wiki", home=home, name="replaced", cfg=cfg)
+    replaced = train_tokenizer("wiki", home=home, name="replaced", cfg=TokenizerJobConfig(vocab_size=VOCAB))
+    assert cased["sha256"] != replaced["sha256"]
+    tokenizer, manifest = load_tokenizer(home, "replaced")
+    assert tokenizer.sha256 == replaced["sha256"] == manifest["sha256"]
+    assert not [
+        p for p in (home / "tokenizers").iterdir() if p.name.startswith(".")
+    ]  # no temporary folders left
+
+
+def test_cli_json(home: Path, trained: dict, capsys: pytest.CaptureFixture) -> None:
+    argv = ["tokenizer", "train", "--corpus", "wiki", "--name", "cli", "--vocab-size", str(VOCAB),
+            "--sample-sentences", str(SAMPLE), "--home", str(home), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["name"] == "cli" and result["sha256"] == trained["sha256"]
+    assert result["path"] == str(home / "tokenizers" / "cli")
+
+
+def test_too_large_vocab_is_one_line(home: Path, capsys: pytest.CaptureFixture) -> None:
+    argv = [
+        "tokenizer",
+        "train",
+        "--corpus",
+        "wiki",
+        "--name",
+        "huge",
+        "--vocab-size",
+        "200000",
+        "--home",
+        str(home),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("albert: error: vocab_size 200000 is too large")
+    assert not (home / "tokenizers" / "huge").exists()
+
+
+def test_user_errors(home: Path, albert_home: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        load_tokenizer(home, "nope")
+    with pytest.raises(UserError, match="invalid tokenizer name"):
+        train_tokenizer("wiki", home=home, name="../escape")
+    with pytest.raises(UserError, match="has no versions"):
+        train_tokenizer("missing", home=albert_home)
+    with pytest.raises(UserError, match="no version 7"):
+        train_tokenizer("wiki", home=home, version=7)
+    (home / "tokenizers" / "foreign").mkdir(parents=True)
+    (home / "tokenizers" / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a trained tokenizer"):
+        train_tokenizer("wiki", home=home, name="foreign")
+    for bad in ({"vocab_size": "big"}, {"sample_sentences": 0}, {"lowercase": "yes"}, {"seed": -1}):
+        with pytest.raises(UserError):
+            TokenizerJobConfig(**bad)
