@@ -21,3 +21,4 @@ def albert_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "albert_home"
     monkeypatch.setenv("ALBERT_HOME", str(home))
     return home
+

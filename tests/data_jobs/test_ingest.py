@@ -14,7 +14,6 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 import data_jobs.ingest
 from albert_core.errors import UserError
@@ -30,7 +29,6 @@ from data_jobs.layouts import (
     jsonl_items,
     text_items,
 )
-from data_jobs.ray_runtime import ensure_ray
 from data_jobs.sources import resolve_sources
 from flows.cli import main
 
@@ -42,14 +40,6 @@ FRENCH = (
     "est déjà presque vide et les pigeons se disputent les miettes. Ça recommence la semaine prochaine.\n"
 )
 PROSE = "The first line of a note. It has two sentences.\nA second document follows here.\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session() -> Any:
-    """One Ray runtime for the module (startup is ~10 s on two cores)."""
-    ensure_ray()
-    yield
-    ray.shutdown()
 
 
 def lines_add_up(source: dict[str, Any]) -> bool:

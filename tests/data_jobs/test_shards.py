@@ -19,10 +19,7 @@ import ray
 
 from albert_core.errors import UserError
 from albert_core.storage import sha256_file
-from albert_core.text import normalize, split_sentences
 from albert_core.tokenizer import SentencePieceTokenizer
-from data_jobs.corpus import DOCS_SCHEMA, publish_version
-from data_jobs.ray_runtime import ensure_ray
 from data_jobs.shards import (
     ShardsConfig,
     build_shards,
@@ -33,6 +30,7 @@ from data_jobs.shards import (
 )
 from data_jobs.tokenizer_job import TokenizerJobConfig, load_tokenizer, train_tokenizer
 from flows.cli import main
+from tests.corpus_helpers import publish, wikitext_documents, zhwiki_documents
 
 MAX_SEQ_LEN = 128
 MAX_PREDICTIONS = 19  # round(0.15 * 128)
@@ -42,51 +40,6 @@ ZH = ShardsConfig(max_seq_len=MAX_SEQ_LEN, eval_share=0.05)
 KEY = [("doc_id", "ascending"), ("pass_index", "ascending"), ("index", "ascending")]
 
 # --- real corpora as corpus versions (until ingestion publishes them) -------------------------------------------
-
-_TITLE = re.compile(r"^ = [^=].* = $")  # ` = Title = ` starts an article; ` = = Section = = ` does not
-_HEADING = re.compile(r"^ (= )+.*( =)+ $")
-
-
-def wikitext_documents(path: Path) -> dict[str, list[str]]:
-    """Sentences of each WikiText article (headings dropped), keyed `wikitext:<k>`."""
-    docs: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in normalize(path.read_text(encoding="utf-8")).split("\n"):
-        if _TITLE.match(line):
-            current = docs.setdefault(f"wikitext:{len(docs):03d}", [])
-        elif current is not None and line.strip() and not _HEADING.match(line):
-            current += split_sentences(line.strip())
-    return docs
-
-
-def zhwiki_documents(path: Path) -> dict[str, list[str]]:
-    """One sentence per line, a blank line between documents (the ALBERT/BERT layout)."""
-    blocks = normalize(path.read_text(encoding="utf-8")).split("\n\n")
-    docs = {f"zhwiki:{k:04d}": [s.strip() for s in b.split("\n") if s.strip()] for k, b in enumerate(blocks)}
-    return {doc_id: sentences for doc_id, sentences in docs.items() if sentences}
-
-
-def publish(home: Path, name: str, docs: dict[str, list[str]], files: int = 4) -> None:
-    """A corpus version as ingestion lays it out: `files` docs-*.parquet files of contiguous documents."""
-
-    def build(folder: Path) -> dict:
-        ids = sorted(docs)
-        for f in range(files):
-            part = ids[f * len(ids) // files : (f + 1) * len(ids) // files]
-            table = pa.table(
-                {
-                    "id": part,
-                    "source": [name] * len(part),
-                    "sentences": [docs[i] for i in part],
-                    "content_hash": [hashlib.sha256("\n".join(docs[i]).encode()).hexdigest() for i in part],
-                },
-                schema=DOCS_SCHEMA,
-            )
-            pq.write_table(table, folder / f"docs-{f:05d}.parquet")
-        return {"documents": len(ids)}
-
-    publish_version(home, name, build)
-
 
 # --- fixtures: one Ray session, one home, a few builds shared by the tests -----------------------------------------
 
@@ -112,13 +65,6 @@ class Built:
 
     def column(self, name: str) -> np.ndarray:
         return np.stack(self.rows[name].to_numpy(zero_copy_only=False))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ensure_ray()
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -1,21 +1,14 @@
 """The SentencePiece job on real text (WikiText-2 valid): a deterministic sample read with Ray Data, a recorded,
 reproducible model, and one-line errors for what a user can get wrong."""
 
-import hashlib
 import json
-import re
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-import ray
 
 from albert_core.errors import UserError
 from albert_core.storage import sha256_file
-from albert_core.text import normalize, split_sentences
-from data_jobs.corpus import DOCS_SCHEMA, publish_version, resolve_version
-from data_jobs.ray_runtime import ensure_ray
+from data_jobs.corpus import resolve_version
 from data_jobs.tokenizer_job import (
     TokenizerJobConfig,
     load_tokenizer,
@@ -23,52 +16,10 @@ from data_jobs.tokenizer_job import (
     train_tokenizer,
 )
 from flows.cli import main
+from tests.corpus_helpers import publish, wikitext_documents
 
 VOCAB = 4000
 SAMPLE = 5000
-_TITLE = re.compile(r"^ = [^=].* = $")  # ` = Title = ` starts an article; ` = = Section = = ` does not
-_HEADING = re.compile(r"^ (= )+.*( =)+ $")
-
-
-def wikitext_documents(path: Path) -> dict[str, list[str]]:
-    """Sentences of each WikiText article (headings dropped), keyed `wikitext:<k>`."""
-    docs: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in normalize(path.read_text(encoding="utf-8")).split("\n"):
-        if _TITLE.match(line):
-            current = docs.setdefault(f"wikitext:{len(docs):03d}", [])
-        elif current is not None and line.strip() and not _HEADING.match(line):
-            current += split_sentences(line.strip())
-    return docs
-
-
-def publish(home: Path, name: str, docs: dict[str, list[str]], files: int) -> None:
-    """A corpus version as ingestion lays it out: `files` docs-*.parquet files of contiguous documents."""
-
-    def build(folder: Path) -> dict:
-        ids = sorted(docs)
-        for f in range(files):
-            part = ids[f * len(ids) // files : (f + 1) * len(ids) // files]
-            table = pa.table(
-                {
-                    "id": part,
-                    "source": ["wikitext2-valid.raw.txt"] * len(part),
-                    "sentences": [docs[i] for i in part],
-                    "content_hash": [hashlib.sha256("\n".join(docs[i]).encode()).hexdigest() for i in part],
-                },
-                schema=DOCS_SCHEMA,
-            )
-            pq.write_table(table, folder / f"docs-{f:05d}.parquet")
-        return {"documents": len(ids)}
-
-    publish_version(home, name, build)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    ensure_ray()
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

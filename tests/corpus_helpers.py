@@ -1,0 +1,56 @@
+"""Corpus versions built straight from real text (without ingestion), for tests that need exact control over
+document ids and file counts: WikiText articles and zhwiki documents as `publish_version` lays them out."""
+
+import hashlib
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from albert_core.text import normalize, split_sentences
+from data_jobs.corpus import DOCS_SCHEMA, publish_version
+
+_TITLE = re.compile(r"^ = [^=].* = $")  # ` = Title = ` starts an article; ` = = Section = = ` does not
+_HEADING = re.compile(r"^ (= )+.*( =)+ $")
+
+
+def wikitext_documents(path: Path) -> dict[str, list[str]]:
+    """Sentences of each WikiText article (headings dropped), keyed `wikitext:<k>`."""
+    docs: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in normalize(path.read_text(encoding="utf-8")).split("\n"):
+        if _TITLE.match(line):
+            current = docs.setdefault(f"wikitext:{len(docs):03d}", [])
+        elif current is not None and line.strip() and not _HEADING.match(line):
+            current += split_sentences(line.strip())
+    return docs
+
+
+def zhwiki_documents(path: Path) -> dict[str, list[str]]:
+    """One sentence per line, a blank line between documents (the ALBERT/BERT layout)."""
+    blocks = normalize(path.read_text(encoding="utf-8")).split("\n\n")
+    docs = {f"zhwiki:{k:04d}": [s.strip() for s in b.split("\n") if s.strip()] for k, b in enumerate(blocks)}
+    return {doc_id: sentences for doc_id, sentences in docs.items() if sentences}
+
+
+def publish(home: Path, name: str, docs: dict[str, list[str]], files: int = 4) -> None:
+    """A corpus version as ingestion lays it out: `files` docs-*.parquet files of contiguous documents."""
+
+    def build(folder: Path) -> dict:
+        ids = sorted(docs)
+        for f in range(files):
+            part = ids[f * len(ids) // files : (f + 1) * len(ids) // files]
+            table = pa.table(
+                {
+                    "id": part,
+                    "source": [name] * len(part),
+                    "sentences": [docs[i] for i in part],
+                    "content_hash": [hashlib.sha256("\n".join(docs[i]).encode()).hexdigest() for i in part],
+                },
+                schema=DOCS_SCHEMA,
+            )
+            pq.write_table(table, folder / f"docs-{f:05d}.parquet")
+        return {"documents": len(ids)}
+
+    publish_version(home, name, build)
