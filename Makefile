@@ -27,8 +27,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+BENCHMARKS := model_step sop_builder tokenize_job train_loader train_scaling learning_curve
+
 bench: setup
-	$(BIN)/python -m benchmarks.model_step $(if $(QUICK),--quick,)
+	set -e; for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b $(if $(QUICK),--quick,); done
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
