@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_core import AlbertConfig
+from albert_core.checkpoint import load_model, save_model
 from albert_core.errors import UserError
 from albert_core.pretraining_data import SopConfig, SpecialIds
 from albert_core.storage import read_json, validate_name, write_json
@@ -155,8 +156,6 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
         record.update(latest_checkpoint=str(result.checkpoint.path), final_step=final_step)
         if model_dir.exists():
             shutil.rmtree(model_dir)
-        from albert_core.checkpoint import load_model, save_model
-
         save_model(load_model(Path(folder) / "model"), model_dir, tokenizer_dir=tok_manifest["path"])
     write_json(run_dir / "run.json", record)
 
