@@ -151,6 +151,61 @@ def log_and_register(
     }
 
 
+def download_model(model_uri: str, dst: Path | None = None) -> Path:
+    """The model folder of `model_uri` (`models:/NAME@alias`, `models:/NAME/V`, `runs:/ID/model` or a local model
+    folder), downloaded and checked against its sha256 manifest; a registered version's `model_sha256` tag must
+    match too, so what was registered is what gets loaded.
+
+    Uses the tracking and registry URIs set by `configure_mlflow`.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    local = Path(model_uri)
+    if "://" not in model_uri and not model_uri.startswith(("models:", "runs:")):
+        if not local.is_dir():
+            raise UserError(f"{model_uri} is neither a model URI (models:/NAME@ALIAS, models:/NAME/V) nor a folder")
+        verify_model_folder(local)
+        return local
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst) if dst else None))
+    except MlflowException as e:
+        raise UserError(f"cannot load {model_uri}: {str(e).splitlines()[0]}") from None
+    folder = root / "artifacts" / "model"
+    if not folder.is_dir():
+        raise UserError(f"{model_uri} is not an ALBERT model logged by this project (no artifacts/model)")
+    manifest = verify_model_folder(folder)
+    expected = _registered_sha256(model_uri)
+    if expected is not None and expected != manifest["files"]["model.safetensors"]:
+        raise UserError(f"{model_uri}: weights differ from the sha256 recorded when the version was registered")
+    return folder
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, int | None]:
+    """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/V`."""
+    body = model_uri.removeprefix("models:/")
+    if body == model_uri or not body:
+        raise UserError(f"{model_uri!r} is not a registered model URI (models:/NAME@ALIAS or models:/NAME/V)")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, alias, None
+    name, _, version = body.partition("/")
+    if not version.isdigit():
+        raise UserError(f"{model_uri!r}: the version must be a number (models:/NAME/V)")
+    return name, None, int(version)
+
+
+def _registered_sha256(model_uri: str) -> str | None:
+    if not model_uri.startswith("models:/"):
+        return None
+    from mlflow import MlflowClient
+
+    name, alias, version = parse_model_uri(model_uri)
+    client = MlflowClient()
+    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    return mv.tags.get("model_sha256")
+
+
 @contextlib.contextmanager
 def _in_run(run_id: str) -> Iterator[None]:
     """Make `run_id` the active run (reopening it if it was ended), or use it as is when it already is."""

@@ -21,10 +21,12 @@ from mlflow import MlflowClient
 
 from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.checkpoint import load_model, save_model
+from albert_core.errors import UserError
 from albert_core.tokenizer import SentencePieceTokenizer
 from training.registry import (
     HF_EXPORT_TAG,
     configure_mlflow,
+    download_model,
     get_or_create_experiment,
     log_and_register,
     tracking_uri,
@@ -147,6 +149,14 @@ def test_register_twice_then_load_candidate_in_a_fresh_process(
     }
     assert client.get_run(run_id).info.status == "FINISHED"
     assert list((mlflow_home / "mlartifacts" / "albert-test").rglob("MLmodel")), "model artifacts under home"
+    for uri in (second["alias_uri"], first["model_uri"]):
+        fetched = download_model(uri, tmp_path / "fetched" / uri.replace("/", "_").replace(":", ""))
+        assert json.loads((fetched / "manifest.json").read_text()) == manifest
+    client.set_model_version_tag(MODEL_NAME, "1", "model_sha256", "0" * 64)  # the registry no longer vouches
+    with pytest.raises(UserError, match="differ from the sha256 recorded"):
+        download_model(first["model_uri"], tmp_path / "tampered")
+    with pytest.raises(UserError, match="cannot load"):
+        download_model(f"models:/{MODEL_NAME}@nosuchalias", tmp_path / "missing")
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(mlflow_home)}
     args = [second["alias_uri"], MASKED, PAIR[0], PAIR[1], str(TOP_K)]
