@@ -447,6 +447,21 @@ def _statistics(stats: pa.Table, cfg: ShardsConfig) -> dict[str, Any]:
     }
 
 
+def _plan(
+    home: Path, corpus: str, tokenizer: str, version: int | None, cfg: ShardsConfig
+) -> tuple[CorpusVersion, SentencePieceTokenizer, dict[str, Any]]:
+    source = resolve_version(home, corpus, version)
+    tok, _ = load_tokenizer(home, tokenizer)
+    return source, tok, _lineage(source, tokenizer, tok, cfg)
+
+
+def planned_shard_id(
+    corpus: str, tokenizer: str, *, home: Path, version: int | None = None, cfg: ShardsConfig = ShardsConfig()
+) -> str:
+    """The id `build_shards` gives these inputs, without building anything (a cache key for orchestration)."""
+    return shard_id(_plan(home, corpus, tokenizer, version, cfg)[2])
+
+
 def build_shards(
     corpus: str,
     tokenizer: str,
@@ -458,9 +473,7 @@ def build_shards(
 ) -> dict[str, Any]:
     """Build (or reuse) the shards of a corpus version with a tokenizer; return the summary the CLI prints."""
     started = time.perf_counter()
-    source = resolve_version(home, corpus, version)
-    tok, _ = load_tokenizer(home, tokenizer)
-    lineage = _lineage(source, tokenizer, tok, cfg)
+    source, tok, lineage = _plan(home, corpus, tokenizer, version, cfg)
     sid = shard_id(lineage)
     target = shards_dir(home, sid)
     if (target / MANIFEST).is_file():
@@ -527,6 +540,29 @@ def load_manifest(home: Path, shard_id: str) -> dict[str, Any]:
     return manifest
 
 
+def latest_shards(home: Path, corpus: str) -> str:
+    """Id of the shards built from the newest version of `corpus` that has any (the latest built, on a tie)."""
+    found = []
+    for path in (home / "shards").glob(f"*/{MANIFEST}"):
+        manifest = read_json(path)
+        name, _, version = str(manifest.get("corpus", "")).rpartition("/v")
+        if name == corpus and version.isdigit():
+            found.append((int(version), manifest.get("created", ""), manifest["id"]))
+    if not found:
+        raise UserError(f"corpus {corpus!r} has no shards under {home / 'shards'}; run `albert shards build`")
+    return max(found)[2]
+
+
+def split_files(home: Path, shard_id: str, split: str) -> list[Path]:
+    """The Parquet files of one split, in name order, as recorded in the manifest."""
+    folder = shards_dir(home, shard_id)
+    return [
+        folder / name
+        for name in sorted(load_manifest(home, shard_id)["files"])
+        if name.startswith(f"{split}/")
+    ]
+
+
 def read_shards(home: Path, shard_id: str, split: str) -> ray.data.Dataset:
     """One split of a shard set as a Ray Dataset, after checking every file's schema against the manifest."""
     if split not in SPLITS:
@@ -534,7 +570,7 @@ def read_shards(home: Path, shard_id: str, split: str) -> ray.data.Dataset:
     manifest = load_manifest(home, shard_id)
     expected = row_schema(ShardsConfig(**manifest["parameters"]))
     folder = shards_dir(home, shard_id)
-    paths = [folder / name for name in sorted(manifest["files"]) if name.startswith(f"{split}/")]
+    paths = split_files(home, shard_id, split)
     for path in paths:
         if not path.is_file():
             raise UserError(f"{path} is missing (recorded in {folder / MANIFEST})")

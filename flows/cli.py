@@ -40,8 +40,13 @@ def cmd_export_hf(args: argparse.Namespace) -> dict[str, Any]:
         model = AlbertForPreTraining(AlbertConfig.from_preset(args.source.removeprefix("preset:")))
     else:
         source = Path(args.source)
-        if not source.is_dir():
-            raise UserError(f"{source} is not a folder; give a model folder or preset:NAME")
+        if args.source.startswith(("models:/", "runs:/")):
+            from training.registry import download_model
+
+            _registry(args)
+            source = download_model(args.source)
+        elif not source.is_dir():
+            raise UserError(f"{source} is not a folder; give a model URI, a model folder or preset:NAME")
         model = load_model(source)
         if tokenizer_dir is None and (source / "tokenizer").is_dir():
             tokenizer_dir = source / "tokenizer"
@@ -117,6 +122,13 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     home = albert_home(args.home)
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if (
+        args.config_json
+    ):  # the whole TrainConfig as JSON (how train_flow submits a Ray job); flags override it
+        try:
+            given = {**json.loads(args.config_json), **given}
+        except json.JSONDecodeError as e:
+            raise UserError(f"--config-json is not valid JSON: {e}") from None
     if args.compile:
         given["compile"] = True
     if args.resume:  # continue with the run's own config; flags given now override it (e.g. --max-steps)
@@ -138,6 +150,71 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     from flows.demo import run_demo
 
     return run_demo(albert_home(args.home), quick=args.quick)
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    """ALBERT_HOME, with MLflow pointed at its store (or $MLFLOW_TRACKING_URI)."""
+    from albert_core.storage import albert_home
+    from training.registry import configure_mlflow
+
+    home = albert_home(args.home)
+    configure_mlflow(home)
+    return home
+
+
+def cmd_models_list(args: argparse.Namespace) -> dict[str, Any]:
+    from training.promotion import list_models
+
+    return {"models": list_models(_registry(args), args.name)}
+
+
+def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
+    from flows.pipeline import promote_flow
+
+    if args.force and not args.reason:
+        raise UserError("--force needs --reason TEXT: the override is recorded with the decision")
+    home = _registry(args)
+    return promote_flow(args.model_name, version=args.version, margin=args.margin, force=args.force,
+                        reason=args.reason, home=str(home))  # fmt: skip
+
+
+def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
+    from training.promotion import rollback
+
+    return rollback(args.model_name, home=_registry(args), reason=args.reason)
+
+
+def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from training.registry import predict
+
+    _registry(args)
+    (row,) = predict(args.model_uri, [args.text], [args.pair], top_k=args.top_k)
+    return {"model_uri": args.model_uri, "text": args.text, "pair": args.pair, **row}
+
+
+def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    from training.finetune import FinetuneConfig, finetune
+
+    home = _registry(args)
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "max_seq_len", "seed", "model_name")
+             if getattr(args, k) is not None}  # fmt: skip
+    cfg = FinetuneConfig(model_uri=args.model, train_path=args.train, eval_path=args.eval,
+                         text_field=args.text_field, label_field=args.label_field, **given)  # fmt: skip
+    return finetune(cfg, home=home, progress=progress)
+
+
+def cmd_flows_serve(args: argparse.Namespace) -> dict[str, Any]:
+    from flows.deploy import serve_deployments
+
+    serve_deployments(home=args.home, cron=args.cron, sources=args.sources, corpus=args.corpus)
+    return {"served": True}
+
+
+def cmd_flows_deploy(args: argparse.Namespace) -> dict[str, Any]:
+    from flows.deploy import deploy_to_pool
+
+    return deploy_to_pool(work_pool=args.work_pool, home=args.home, cron=args.cron, sources=args.sources,
+                          corpus=args.corpus)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +297,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN", help="continue a finished run (same MLflow run) for more steps")
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
+    p.add_argument("--config-json", help="a whole training config as JSON (flags given beside it win)")
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(
+        dest="models_command", required=True
+    )
+    p = command(models, "list", cmd_models_list, "registered models, versions, aliases and last decisions")
+    p.add_argument("name", nargs="?", help="one registered model (default: all)")
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    p = command(
+        sub, "promote", cmd_promote, "gate a candidate against the champion; move `champion` if better"
+    )
+    p.add_argument("model_name")
+    p.add_argument("--version", type=int, help="version to promote (default: the one aliased `candidate`)")
+    p.add_argument("--margin", type=float, default=0.0, help="how much better the gate metrics must be")
+    p.add_argument("--force", action="store_true", help="promote regardless of the gate (needs --reason)")
+    p.add_argument("--reason", help="why (recorded with the decision)")
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    p = command(sub, "rollback", cmd_rollback, "move `champion` back to the previous champion")
+    p.add_argument("model_name")
+    p.add_argument("--reason", help="why (recorded with the decision)")
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    p = command(
+        sub, "predict", cmd_predict, "fill [MASK]s (and score sentence order) with a registered model"
+    )
+    p.add_argument("model_uri", help="models:/NAME@ALIAS or models:/NAME/VERSION")
+    p.add_argument("text", help="text with one or more [MASK]")
+    p.add_argument("--pair", help="a second segment: score whether TEXT and PAIR are in swapped order")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    p = command(sub, "finetune", cmd_finetune, "fine-tune a registered model for text classification")
+    p.add_argument("--model", required=True, help="pretrained model URI (models:/NAME@ALIAS) or folder")
+    p.add_argument("--train", required=True, help="JSONL, CSV or Parquet file")
+    p.add_argument("--eval", required=True, help="JSONL, CSV or Parquet file")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--label-field", default="label")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-seq-len", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--model-name", help="registered name of the classifier")
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    flows = sub.add_parser("flows", help="Prefect deployments").add_subparsers(
+        dest="flows_command", required=True
+    )
+    for name, func, help in (
+        ("serve", cmd_flows_serve, "serve the deployments from this process (schedules and triggers active)"),
+        ("deploy", cmd_flows_deploy, "register the deployments with a work pool on the Prefect server"),
+    ):
+        p = command(flows, name, func, help)
+        p.add_argument("--sources", nargs="+", default=["builtin"], help="what scheduled ingestion reads")
+        p.add_argument("--corpus", default="builtin", help="corpus scheduled ingestion feeds")
+        p.add_argument(
+            "--cron", default="0 2 * * *", help="ingestion schedule (cron, UTC; default 02:00 daily)"
+        )
+        p.add_argument("--home", help="storage root the flows use (default: $ALBERT_HOME or ./.albert)")
+        if name == "deploy":
+            p.add_argument(
+                "--work-pool", default="albert-process", help="process work pool (created if missing)"
+            )
+
     model = sub.add_parser("model", help="model presets").add_subparsers(dest="model_command", required=True)
     p = command(model, "info", cmd_model_info, "parameter counts and config of a preset")
     p.add_argument("--preset", required=True)
@@ -227,10 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         sub, "export-hf", cmd_export_hf, "write a Hugging Face AlbertForPreTraining (+ tokenizer) folder"
     )
-    p.add_argument("source", help="a model folder, or preset:NAME for a seeded random init")
+    p.add_argument("source", help="models:/NAME@ALIAS, models:/NAME/V, a model folder, or preset:NAME")
     p.add_argument("outdir")
     p.add_argument("--tokenizer", help="tokenizer folder to include (default: the model folder's own)")
     p.add_argument("--seed", type=int, default=0, help="seed for preset:NAME initialisation")
+    p.add_argument("--home", help="storage root for models:/ URIs (default: $ALBERT_HOME or ./.albert)")
     return parser
 
 

@@ -1,8 +1,17 @@
-"""Shared fixtures: the real corpora beside the repository, and a clean ALBERT_HOME per test."""
+"""Shared fixtures: the real corpora beside the repository, and a clean ALBERT_HOME per test.
 
+Prefect gets a throw-away home (its database, results and the temporary API server flows start) before anything
+imports it, and sends no analytics.
+"""
+
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="albert-tests-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 REPO = Path(__file__).resolve().parents[1]
 CORPORA = REPO.parent / "shared" / "corpora"
@@ -21,4 +30,3 @@ def albert_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "albert_home"
     monkeypatch.setenv("ALBERT_HOME", str(home))
     return home
-

@@ -30,6 +30,7 @@ class TrainState:
     epoch: int = 0  # passes over the training shards started
     batches_in_epoch: int = 0  # micro-batches consumed in the current epoch (the data position)
     tokens_seen: int = 0
+    train_seconds: float = 0.0  # time in training steps (not evaluation or checkpoints), over all attempts
 
 
 def save_checkpoint(

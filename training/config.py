@@ -32,7 +32,10 @@ class TrainConfig:
     precision: Precision = "fp32"  # bf16 autocast on CPU and GPU; fp16 + GradScaler on GPU only
     compile: bool = False
     eval_every: int = 50
-    eval_batches: int = 20  # per worker, per evaluation
+    eval_sequences: int | None = (
+        None  # held-out sequences per evaluation (the first N); None: the whole split
+    )
+    shuffle_buffer: int = 4096  # rows each worker shuffles over (shards store a document's rows together)
     log_every: int = 10
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -44,11 +47,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
-        for name in ("workers", "batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches",
-                     "log_every", "checkpoint_every", "keep_checkpoints"):  # fmt: skip
+        for name in ("workers", "batch_size", "grad_accum", "max_steps", "eval_every", "log_every",
+                     "checkpoint_every", "keep_checkpoints", "shuffle_buffer"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.eval_sequences is not None and (
+            isinstance(self.eval_sequences, bool)
+            or not isinstance(self.eval_sequences, int)
+            or self.eval_sequences < 1
+        ):
+            raise UserError(f"eval_sequences must be a positive integer or None, got {self.eval_sequences!r}")
         if self.batch_size % (self.workers * self.grad_accum):
             raise UserError(
                 f"batch_size {self.batch_size} must be divisible by workers x grad_accum "

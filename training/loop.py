@@ -8,10 +8,10 @@ Read top to bottom it is the recipe: config -> model -> optimizer and schedule -
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.optim import build_optimizer, lr_scheduler
@@ -65,13 +66,32 @@ def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractConte
     return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
 
 
-def micro_batches(shard: Any, spec: BatchSpec, batch_size: int, state: TrainState) -> Iterator[dict]:
-    """Endless micro-batches from a Ray Data shard, epoch after epoch, resuming at the saved data position."""
+class ModelInputs(NumpyBatchCollateFn):
+    """Ray Data collate function: shard rows -> model inputs, with the masks of `epoch` (dynamic masking)."""
+
+    def __init__(self, spec: BatchSpec, epoch: int) -> None:
+        self.spec, self.epoch = spec, epoch
+
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        return to_model_inputs(batch, self.spec, self.epoch)
+
+
+def micro_batches(
+    shard: Any, spec: BatchSpec, cfg: TrainConfig, state: TrainState, rank: int
+) -> Iterator[dict]:
+    """Endless micro-batches from a Ray Data shard, epoch after epoch, resuming at the saved data position.
+
+    Shards keep a document's rows together, so rows are shuffled through a buffer, seeded by (seed, epoch, rank):
+    each epoch sees another order. Resuming skips the micro-batches this rank had consumed in the epoch; which
+    rows a rank streams is Ray Data's choice, so a resumed epoch covers the split as a whole, not row for row.
+    """
     while True:
         batches = shard.iter_torch_batches(
-            batch_size=batch_size,
-            collate_fn=partial(to_model_inputs, spec=spec, epoch=state.epoch),
+            batch_size=cfg.per_worker_batch,
+            collate_fn=ModelInputs(spec, state.epoch),
             drop_last=True,
+            local_shuffle_buffer_size=cfg.shuffle_buffer,
+            local_shuffle_seed=(cfg.seed * 1_000_003 + state.epoch) * 1_009 + rank,
         )
         for i, batch in enumerate(batches):
             if i < state.batches_in_epoch:
@@ -90,8 +110,7 @@ def evaluate(
     """MLM loss and accuracy, SOP accuracy over this rank's whole eval split, summed over ranks."""
     model.eval()
     stats = torch.zeros(len(STATS), dtype=torch.float64)
-    collate = partial(to_model_inputs, spec=spec, epoch=0)
-    for batch in shard.iter_torch_batches(batch_size=cfg.per_worker_batch, collate_fn=collate):
+    for batch in shard.iter_torch_batches(batch_size=cfg.per_worker_batch, collate_fn=ModelInputs(spec, 0)):
         batch = {k: v.to(device) for k, v in batch.items()}
         with autocast(cfg, device):
             stats += batch_stats(model(**batch), batch)
@@ -102,18 +121,18 @@ def evaluate(
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig.from_dict(config["train"])
     spec: BatchSpec = config["spec"]
-    torch.set_num_threads(config["threads_per_worker"])
     ctx = ray.train.get_context()  # (1) who am I
     rank = ctx.get_world_rank()
+    # This node's cores split between its workers: more threads than cores is 10x slower (DESIGN pitfalls).
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
 
     torch.manual_seed(cfg.seed)  # the same init on every rank (DDP broadcasts rank 0's weights anyway)
     model = AlbertForPreTraining(AlbertConfig.from_dict(config["model"]))
     optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
     scheduler = lr_scheduler(optimizer, cfg.warmup, cfg.max_steps)
     state = TrainState()
-    checkpoint = (
-        ray.train.get_checkpoint()
-    )  # (2) restarted after a failure: continue from the last checkpoint
+    # (2) restarted after a failure: continue from the last checkpoint
+    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_checkpoint(Path(folder), model, optimizer, scheduler)
@@ -131,10 +150,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tracker = (
         m.MlflowTracker(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else m.NullTracker()
     )
-    data = micro_batches(train_shard, spec, cfg.per_worker_batch, state)
+    data = micro_batches(train_shard, spec, cfg, state, rank)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    window_start = time.perf_counter()
     while state.step < cfg.max_steps:
+        step_start = time.perf_counter()
         step_stats = torch.zeros(len(STATS), dtype=torch.float64)
         tokens = 0
         for micro in range(cfg.grad_accum):
@@ -157,8 +176,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
         totals = all_reduce(torch.cat([step_stats, torch.tensor([tokens], dtype=torch.float64)]))
         state.tokens_seen += int(totals[-1])
-        elapsed = time.perf_counter() - window_start
-        window_start = time.perf_counter()
+        elapsed = time.perf_counter() - step_start
+        state.train_seconds += elapsed
         metrics = {
             **summarize(totals[:-1]),
             m.LR: lr,
@@ -174,7 +193,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if state.step % cfg.checkpoint_every == 0 or last:
             if last:
                 metrics["ranks_in_sync"] = float(ranks_in_sync(model))
-            metrics.update(step=state.step, epoch=state.epoch, tokens_seen=state.tokens_seen)
+            metrics.update(
+                step=state.step,
+                epoch=state.epoch,
+                tokens_seen=state.tokens_seen,
+                train_seconds=state.train_seconds,
+            )
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if rank == 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import os
 import tempfile
 import time
@@ -164,11 +165,15 @@ def download_model(model_uri: str, dst: Path | None = None) -> Path:
     local = Path(model_uri)
     if "://" not in model_uri and not model_uri.startswith(("models:", "runs:")):
         if not local.is_dir():
-            raise UserError(f"{model_uri} is neither a model URI (models:/NAME@ALIAS, models:/NAME/V) nor a folder")
+            raise UserError(
+                f"{model_uri} is neither a model URI (models:/NAME@ALIAS, models:/NAME/V) nor a folder"
+            )
         verify_model_folder(local)
         return local
     try:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst) if dst else None))
+        root = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst) if dst else None)
+        )
     except MlflowException as e:
         raise UserError(f"cannot load {model_uri}: {str(e).splitlines()[0]}") from None
     folder = root / "artifacts" / "model"
@@ -177,7 +182,9 @@ def download_model(model_uri: str, dst: Path | None = None) -> Path:
     manifest = verify_model_folder(folder)
     expected = _registered_sha256(model_uri)
     if expected is not None and expected != manifest["files"]["model.safetensors"]:
-        raise UserError(f"{model_uri}: weights differ from the sha256 recorded when the version was registered")
+        raise UserError(
+            f"{model_uri}: weights differ from the sha256 recorded when the version was registered"
+        )
     return folder
 
 
@@ -202,8 +209,32 @@ def _registered_sha256(model_uri: str) -> str | None:
 
     name, alias, version = parse_model_uri(model_uri)
     client = MlflowClient()
-    mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
+    mv = (
+        client.get_model_version_by_alias(name, alias)
+        if alias
+        else client.get_model_version(name, str(version))
+    )
     return mv.tags.get("model_sha256")
+
+
+def predict(
+    model_uri: str, texts: list[str], texts_b: list[str | None], top_k: int = 5
+) -> list[dict[str, Any]]:
+    """Rows of the registered pyfunc's output for `texts` (and optional second segments `texts_b`): `fill_mask`
+    (per [MASK], its top-k candidates) and `sop_swapped_probability` (NaN without a second segment)."""
+    import mlflow
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as e:
+        raise UserError(f"cannot load {model_uri}: {str(e).splitlines()[0]}") from None
+    out = model.predict(pd.DataFrame({"text": texts, "text_b": texts_b}), params={"top_k": top_k})
+    rows = out.to_dict(orient="records")
+    for row in rows:
+        row["fill_mask"] = json.loads(row["fill_mask"])  # one list of candidates per [MASK]
+    return rows
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ continues a finished run for more steps in the same MLflow run.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from albert_core.errors import UserError
 from albert_core.pretraining_data import SopConfig, SpecialIds
 from albert_core.storage import read_json, validate_name, write_json
 from data_jobs.ray_runtime import ensure_ray
-from data_jobs.shards import load_manifest, read_shards
+from data_jobs.shards import load_manifest, read_shards, split_files
 from data_jobs.tokenizer_job import load_tokenizer
 from training.batches import BatchSpec
 from training.config import TrainConfig
@@ -39,11 +38,6 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
     else:
         out[prefix.rstrip(".")] = str(value)
     return out
-
-
-def _threads_per_worker(workers: int) -> int:
-    """Torch threads per worker: the machine's cores split evenly (more threads than cores is 10x slower)."""
-    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def _new_run_name(preset: str) -> str:
@@ -116,8 +110,7 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
     write_json(run_dir / "run.json", record)
 
     ensure_ray()
-    threads = _threads_per_worker(cfg.workers)
-    progress(f"training {cfg.preset} on shards {cfg.shards}: {cfg.workers} workers x {threads} threads, "
+    progress(f"training {cfg.preset} on shards {cfg.shards}: {cfg.workers} workers, "
              f"{cfg.max_steps} steps of {cfg.batch_size} sequences; run {run_name}")  # fmt: skip
     trainer = TorchTrainer(
         train_loop_per_worker=_train_loop,
@@ -125,7 +118,6 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
             "train": cfg.to_dict(),
             "model": model_cfg.to_dict(),
             "spec": spec,
-            "threads_per_worker": threads,
             "tracking_uri": uri,
             "mlflow_run_id": mlflow_run_id,
             "resume_from": resume_from,
@@ -142,7 +134,7 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
         ),
         datasets={
             "train": read_shards(home, cfg.shards, "train"),
-            "eval": read_shards(home, cfg.shards, "eval"),
+            "eval": _eval_split(home, cfg),
         },
     )
     result = trainer.fit()
@@ -176,13 +168,33 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
         "run_name": run_name,
         "final_step": final_step,
         "metrics": final,
-        "tokens_per_second": metrics.get("tokens_per_s"),
+        # the whole run's rate (all attempts), not the last step's
+        "tokens_per_second": round(metrics["tokens_seen"] / max(metrics["train_seconds"], 1e-9), 1),
         "ranks_in_sync": bool(metrics.get("ranks_in_sync", 1.0)),
         "model_dir": str(model_dir),
         "tracking_uri": uri,
         **registered,
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _eval_split(home: Path, cfg: TrainConfig) -> Any:
+    """The held-out split, or its first `eval_sequences` rows in file order: read here, because Ray Data's
+    `limit` takes whichever blocks come first, and every evaluation (and every run) must see the same rows."""
+    dataset = read_shards(home, cfg.shards, "eval")  # checks every file against the manifest
+    if cfg.eval_sequences is None:
+        return dataset
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray.data
+
+    tables, rows = [], 0
+    for path in split_files(home, cfg.shards, "eval"):
+        if rows >= cfg.eval_sequences:
+            break
+        tables.append(pq.read_table(path).slice(0, cfg.eval_sequences - rows))
+        rows += len(tables[-1])
+    return ray.data.from_arrow(pa.concat_tables(tables))
 
 
 def _train_loop(config: dict[str, Any]) -> None:

@@ -1,0 +1,353 @@
+"""Prefect flows: the top of the stack. Each task is a call into a data or training job; Prefect adds retries,
+caching, artifacts, events, schedules and the UI.
+
+    ingest_flow     sources -> corpus version -> SentencePiece (when asked or missing) -> shards
+                    emits `albert.corpus.published` when a new version got its shards
+    train_flow      shards (or a corpus's newest shards) -> pretraining on local Ray, or on a Ray cluster through
+                    the Jobs API -> registered model version (alias `candidate`)
+    promote_flow    candidate vs champion on the same held-out shards -> alias `champion` moves, or not, and why
+    pipeline_flow   the three in a row (`albert demo`)
+
+Flows run on the API in $PREFECT_API_URL, else on a temporary local server Prefect starts itself. The jobs are
+content-addressed (a shard id is a hash of its inputs; ingestion skips documents it already has), so a rerun after a
+failure redoes only what is missing. The shards task's Prefect cache key is that id, and the cache is refreshed
+when the shards are no longer on disk: an unchanged corpus is not re-tokenized, a deleted one is rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.events import emit_event
+
+from albert_core.errors import UserError
+from albert_core.storage import albert_home
+
+CORPUS_PUBLISHED = "albert.corpus.published"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry transient failures (a lost Ray node, a busy store), never a user's mistake: it would fail again."""
+    try:
+        state.result()
+    except UserError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _log(message: str) -> None:
+    get_run_logger().info(message)
+
+
+# --- tasks ---------------------------------------------------------------------------------------------------
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def ingest_task(paths: list[str], corpus: str, home: str, options: dict[str, Any]) -> dict[str, Any]:
+    from data_jobs.ingest import IngestConfig, ingest
+
+    summary = ingest(paths, corpus, home=Path(home), cfg=IngestConfig(**options))
+    _log(summary["message"])
+    return summary
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def tokenizer_task(corpus: str, home: str, options: dict[str, Any], retrain: bool) -> dict[str, Any]:
+    """Train a vocabulary when asked or when the corpus has none; otherwise keep the one the shards use."""
+    from data_jobs.tokenizer_job import TokenizerJobConfig, load_tokenizer, train_tokenizer
+
+    if not retrain:
+        try:
+            tokenizer, manifest = load_tokenizer(Path(home), corpus)
+        except UserError:
+            pass  # none yet
+        else:
+            _log(
+                f"tokenizer {corpus!r} exists ({tokenizer.vocab_size} pieces); retrain_tokenizer=True replaces it"
+            )
+            return {"name": corpus, "path": manifest["path"], "sha256": tokenizer.sha256, "reused": True}
+    summary = train_tokenizer(corpus, home=Path(home), cfg=TokenizerJobConfig(**options))
+    _log(
+        f"trained tokenizer {corpus!r}: {summary['vocab_size']} pieces on {summary['sentences_sampled']} sentences"
+    )
+    return {**summary, "reused": False}
+
+
+def _shards_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """The shard id: a hash of everything that determines the rows (corpus manifest, tokenizer, parameters)."""
+    return f"albert-shards-{parameters['shard_id']}"
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_retry_unless_user_error,
+    cache_key_fn=_shards_cache_key,
+    persist_result=True,
+    result_serializer="json",
+)
+def shards_task(corpus: str, home: str, options: dict[str, Any], shard_id: str) -> dict[str, Any]:
+    from data_jobs.shards import ShardsConfig, build_shards
+
+    summary = build_shards(corpus, corpus, home=Path(home), cfg=ShardsConfig(**options))
+    _log(
+        f"shards {summary['id']}: {summary['instances']} instances ({'reused' if summary['reused'] else 'built'})"
+    )
+    return summary
+
+
+def _build_or_cached_shards(corpus: str, home: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Shards from Prefect's cache when the same inputs were built before and are still on disk, else built."""
+    from data_jobs.shards import MANIFEST, ShardsConfig, planned_shard_id, shards_dir
+
+    sid = planned_shard_id(corpus, corpus, home=Path(home), cfg=ShardsConfig(**options))
+    on_disk = (shards_dir(Path(home), sid) / MANIFEST).is_file()
+    return shards_task.with_options(refresh_cache=not on_disk)(corpus, home, options, sid)
+
+
+@task
+def train_task(config: dict[str, Any], home: str, resume: str | None = None) -> dict[str, Any]:
+    """Pretraining on the local Ray runtime (or $RAY_ADDRESS). No Prefect retries: Ray Train restarts failed
+    workers from the last checkpoint itself (`max_failures`)."""
+    from training.config import TrainConfig
+    from training.run import train
+
+    return train(TrainConfig.from_dict(config), home=Path(home), resume=resume, progress=_log)
+
+
+@task
+def submit_training_job(
+    config: dict[str, Any], home: str, ray_address: str, upload_project: bool, poll_s: float = 2.0
+) -> dict[str, Any]:
+    """Pretraining as a Ray job on a cluster: submitted through the Jobs API, its log streamed into this flow's
+    log, its status followed; a failed job fails the task with Ray's reason and the log's tail.
+
+    The job runs `python -m flows.cli train … --json`; `upload_project` ships this source tree as the job's
+    working directory (a cluster whose image has the project installed does not need it). ALBERT_HOME and the
+    tracking URI are passed on: they must name storage the cluster can reach.
+    """
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from training.registry import tracking_uri
+
+    logger = get_run_logger()
+    client = JobSubmissionClient(ray_address)
+    entrypoint = shlex.join([
+        "python", "-m", "flows.cli", "train", "--config-json", json.dumps(config), "--home", home, "--json",
+    ])  # fmt: skip
+    runtime_env: dict[str, Any] = {
+        "env_vars": {"ALBERT_HOME": home, "MLFLOW_TRACKING_URI": tracking_uri(Path(home))}
+    }
+    if upload_project:
+        runtime_env |= {
+            "working_dir": str(PROJECT_ROOT),
+            "excludes": [".venv", ".git", "*.egg-info", "results"],
+        }
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata={"albert": "train"})
+    logger.info(f"submitted Ray job {job_id} to {ray_address}")
+    shown = 0
+    while True:
+        status = client.get_job_status(job_id)
+        logs = client.get_job_logs(job_id)
+        for line in logs[shown:].splitlines():
+            logger.info(f"[{job_id}] {line}")
+        shown = len(logs)
+        if status.is_terminal():
+            break
+        time.sleep(poll_s)
+    if status != JobStatus.SUCCEEDED:
+        info = client.get_job_info(job_id)
+        tail = "\n".join(logs.splitlines()[-20:])
+        raise RuntimeError(f"Ray job {job_id} {status.value}: {info.message}\n{tail}")
+    for line in reversed(logs.splitlines()):
+        if line.startswith("{"):
+            return {**json.loads(line), "ray_job_id": job_id}
+    raise RuntimeError(f"Ray job {job_id} succeeded but printed no JSON summary")
+
+
+@task
+def promote_task(
+    model_name: str, home: str, version: int | None, margin: float, force: bool, reason: str | None
+) -> dict[str, Any]:
+    from training.promotion import PromotionPolicy, promote
+
+    decision = promote(
+        model_name, home=Path(home), version=version, policy=PromotionPolicy(margin=margin), force=force,
+        reason=reason,
+    )  # fmt: skip
+    _log(f"{model_name} v{decision['version']}: {decision['decision']} ({decision['reason']})")
+    return decision
+
+
+# --- flows ---------------------------------------------------------------------------------------------------
+
+
+@flow(name="albert-ingest")
+def ingest_flow(
+    sources: list[str],
+    corpus: str,
+    home: str | None = None,
+    ingest_options: dict[str, Any] | None = None,
+    tokenizer_options: dict[str, Any] | None = None,
+    shards_options: dict[str, Any] | None = None,
+    retrain_tokenizer: bool = False,
+) -> dict[str, Any]:
+    """Ingest `sources` into `corpus`, make sure it has a vocabulary, build (or reuse) the newest version's
+    shards; publish a Markdown summary and, when a new version got shards, the `albert.corpus.published` event."""
+    root = str(albert_home(home))
+    ingested = ingest_task(sources, corpus, root, ingest_options or {})
+    tokenizer = tokenizer_task(corpus, root, tokenizer_options or {}, retrain_tokenizer)
+    shards = _build_or_cached_shards(corpus, root, shards_options or {})
+    result = {"corpus": corpus, "home": root, "ingest": ingested, "tokenizer": tokenizer, "shards": shards}
+    create_markdown_artifact(_ingest_report(result), key=_artifact_key("ingest", corpus),
+                             description=f"ingestion of {corpus}")  # fmt: skip
+    if ingested["version"] is not None:
+        emit_event(
+            event=CORPUS_PUBLISHED,
+            resource={"prefect.resource.id": f"albert.corpus.{corpus}", "prefect.resource.name": corpus},
+            payload={"corpus": corpus, "version": ingested["version"], "shards": shards["id"], "home": root},
+        )
+    return result
+
+
+@flow(name="albert-train")
+def train_flow(
+    shards: str | None = None,
+    corpus: str | None = None,
+    preset: str = "tiny",
+    workers: int = 2,
+    max_steps: int = 200,
+    batch_size: int = 32,
+    home: str | None = None,
+    ray_address: str | None = None,
+    upload_project: bool = True,
+    options: dict[str, Any] | None = None,
+    promote: bool = False,
+) -> dict[str, Any]:
+    """Pretrain on `shards` (or the newest shards of `corpus`); on local Ray, or on the Ray cluster at
+    `ray_address` through the Jobs API. Returns the training summary: run id, model version and metrics, and
+    with `promote` the gate's decision on the new version."""
+    from data_jobs.shards import latest_shards
+    from training.config import TrainConfig
+
+    root = albert_home(home)
+    if shards is None:
+        if corpus is None:
+            raise UserError("train_flow needs shards=ID or corpus=NAME")
+        shards = latest_shards(root, corpus)
+    cfg = TrainConfig(shards=shards, preset=preset, workers=workers, max_steps=max_steps, batch_size=batch_size,
+                      **(options or {}))  # fmt: skip
+    if ray_address:
+        summary = submit_training_job(cfg.to_dict(), str(root), ray_address, upload_project)
+    else:
+        summary = train_task(cfg.to_dict(), str(root))
+    create_markdown_artifact(_train_report(summary), key=_artifact_key("train", cfg.registered_model_name),
+                             description=f"training run {summary['run_name']}")  # fmt: skip
+    if promote:
+        summary["promotion"] = promote_flow(cfg.registered_model_name, version=summary["model_version"],
+                                            home=str(root))  # fmt: skip
+    return summary
+
+
+@flow(name="albert-promote")
+def promote_flow(
+    model_name: str,
+    version: int | None = None,
+    margin: float = 0.0,
+    force: bool = False,
+    reason: str | None = None,
+    home: str | None = None,
+) -> dict[str, Any]:
+    """Gate `version` (default: the `candidate`) against the champion on the same held-out shards."""
+    decision = promote_task(model_name, str(albert_home(home)), version, margin, force, reason)
+    create_markdown_artifact(_promote_report(decision), key=_artifact_key("promote", model_name),
+                             description=f"promotion decision for {model_name}")  # fmt: skip
+    return decision
+
+
+@flow(name="albert-pipeline")
+def pipeline_flow(
+    sources: list[str],
+    corpus: str,
+    home: str | None = None,
+    preset: str = "tiny",
+    workers: int = 2,
+    max_steps: int = 200,
+    batch_size: int = 32,
+    ingest_options: dict[str, Any] | None = None,
+    tokenizer_options: dict[str, Any] | None = None,
+    shards_options: dict[str, Any] | None = None,
+    train_options: dict[str, Any] | None = None,
+    margin: float = 0.0,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """ingest -> train -> promote, as subflows (each keeps its own runs, artifacts and logs)."""
+    data = ingest_flow(sources, corpus, home, ingest_options, tokenizer_options, shards_options)
+    trained = train_flow(shards=data["shards"]["id"], preset=preset, workers=workers, max_steps=max_steps,
+                         batch_size=batch_size, home=data["home"], ray_address=ray_address,
+                         options=train_options)  # fmt: skip
+    name = (train_options or {}).get("model_name") or f"albert-{preset}"
+    decision = promote_flow(name, version=trained["model_version"], margin=margin, home=data["home"])
+    return {"ingest": data, "train": trained, "promote": decision}
+
+
+# --- reports -------------------------------------------------------------------------------------------------
+
+
+def _artifact_key(kind: str, name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "albert-" + "".join(c if c.isalnum() else "-" for c in f"{kind}-{name}".lower())
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def _ingest_report(result: dict[str, Any]) -> str:
+    ingested, shards = result["ingest"], result["shards"]
+    quarantined = ingested["quarantined"]
+    rows = [
+        ("corpus version", ingested["version"] or f"nothing new (parent {ingested['parent']})"),
+        ("documents written", ingested["documents"]),
+        ("duplicates skipped", ingested["duplicates"]),
+        ("quarantined", f"{quarantined['total']} {json.dumps(quarantined.get('by_reason', {}))}"),
+        (
+            "tokenizer",
+            f"{result['tokenizer']['name']} ({'reused' if result['tokenizer']['reused'] else 'trained'})",
+        ),
+        (
+            "shards",
+            f"`{shards['id']}` train {shards['instances']['train']}, eval {shards['instances']['eval']}",
+        ),
+        ("shards manifest", f"`{Path(shards['path']) / 'manifest.json'}`"),
+        ("corpus manifest", f"`{Path(ingested['path']) / 'manifest.json'}`" if ingested["path"] else "-"),
+    ]
+    return f"# Ingestion of `{result['corpus']}`\n\n{ingested['message']}\n\n{_table(rows)}\n"
+
+
+def _train_report(summary: dict[str, Any]) -> str:
+    rows = [("run", summary["run_name"]), ("MLflow run", summary["run_id"]),
+            ("model", f"`{summary['model_uri']}` (alias `candidate`)"), ("final step", summary["final_step"]),
+            ("tokens/s", summary["tokens_per_second"])]  # fmt: skip
+    rows += [(k, f"{v:.4f}") for k, v in sorted(summary["metrics"].items())]
+    return f"# Training run `{summary['run_name']}`\n\n{_table(rows)}\n"
+
+
+def _promote_report(decision: dict[str, Any]) -> str:
+    rows = [("decision", decision["decision"]), ("reason", decision["reason"]),
+            ("champion now", decision["champion_version"]), ("previous champion", decision["previous_champion"]),
+            ("evaluated on shards", decision["eval_shards"])]  # fmt: skip
+    for who, metrics in decision["metrics"].items():
+        rows += [
+            (f"{who} {k}", f"{v:.4f}") for k, v in sorted((metrics or {}).items()) if isinstance(v, float)
+        ]
+    return f"# Promotion of `{decision['model_name']}` v{decision['version']}\n\n{_table(rows)}\n"

@@ -1,0 +1,97 @@
+"""The Prefect flows on a real temporary Prefect API, with real Ray, MLflow (SQLite) and the shared corpora:
+ingestion publishes an artifact and an event and is cached on rerun; training registers a candidate; promotion
+gates it; a failing task fails the flow with the user's reason."""
+
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.events.filters import EventFilter, EventNameFilter
+
+from albert_core.errors import UserError
+from flows.pipeline import CORPUS_PUBLISHED, ingest_flow, promote_flow, train_flow
+
+SHARDS = {"max_seq_len": 64, "eval_share": 0.1}
+TOKENIZER = {"vocab_size": 2000}
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield tmp_path_factory.mktemp("home")
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def ingested(home: Path, corpora: Path) -> dict:
+    return ingest_flow([str(corpora / "wikitext2-valid.raw.txt")], "wiki", home=str(home),
+                       tokenizer_options=TOKENIZER, shards_options=SHARDS)  # fmt: skip
+
+
+def task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+def test_ingest_flow_publishes_then_reruns_from_cache(home: Path, corpora: Path, ingested: dict) -> None:
+    assert ingested["ingest"]["version"] == 1 and ingested["ingest"]["quarantined"]["total"] == 0
+    assert ingested["tokenizer"]["reused"] is False and ingested["shards"]["reused"] is False
+    assert ingested["shards"]["instances"]["train"] > 1000
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["albert-ingest-wiki"]))
+        )
+        assert ingested["shards"]["id"] in artifact.data and "quarantined" in artifact.data
+        deadline, events = time.monotonic() + 60, []
+        while not events and time.monotonic() < deadline:  # the API persists events asynchronously
+            events = client.read_events(EventFilter(event=EventNameFilter(name=[CORPUS_PUBLISHED]))).events
+            time.sleep(1)
+    assert [e.payload["shards"] for e in events] == [ingested["shards"]["id"]]
+    assert events[0].resource.id == "albert.corpus.wiki"
+
+    # The same sources again: nothing new is ingested, the vocabulary is kept, the shards come from Prefect's cache,
+    # and no event is emitted (no new version).
+    state = ingest_flow([str(corpora / "wikitext2-valid.raw.txt")], "wiki", home=str(home),
+                        tokenizer_options=TOKENIZER, shards_options=SHARDS, return_state=True)  # fmt: skip
+    again = state.result()
+    assert again["ingest"]["version"] is None and "nothing new" in again["ingest"]["message"]
+    assert again["tokenizer"]["reused"] is True
+    assert again["shards"]["id"] == ingested["shards"]["id"]
+    assert task_states(state.state_details.flow_run_id)["shards_task"] == "Cached"
+
+
+def test_train_then_promote_flows(home: Path, ingested: dict) -> None:
+    options = {"model_overrides": {"num_hidden_layers": 2}, "eval_every": 20, "checkpoint_every": 20,
+               "model_name": "albert-flows-test"}  # fmt: skip
+    trained = train_flow(
+        corpus="wiki", max_steps=20, home=str(home), options=options
+    )  # newest shards of "wiki"
+    assert trained["final_step"] == 20 and trained["model_version"] == 1
+    client = MlflowClient(f"sqlite:///{home}/mlflow.db")
+    assert client.get_model_version_by_alias("albert-flows-test", "candidate").version in (1, "1")
+
+    decision = promote_flow("albert-flows-test", home=str(home))
+    assert decision["promoted"] is True and decision["champion_version"] == 1
+    assert client.get_model_version_by_alias("albert-flows-test", "champion").version in (1, "1")
+
+
+def test_a_failing_task_fails_the_flow_with_the_reason(home: Path) -> None:
+    state = train_flow(shards="0000000000000000", max_steps=5, home=str(home), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(UserError, match="unknown shards '0000000000000000'"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert run.state.name == "Failed" and "unknown shards" in run.state.message
