@@ -196,8 +196,8 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from training.finetune import FinetuneConfig, finetune
 
     home = _registry(args)
-    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "max_seq_len", "seed", "model_name")
-             if getattr(args, k) is not None}  # fmt: skip
+    flags = ("epochs", "batch_size", "lr", "max_seq_len", "warmup_ratio", "threads", "seed", "model_name")
+    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     cfg = FinetuneConfig(model_uri=args.model, train_path=args.train, eval_path=args.eval,
                          text_field=args.text_field, label_field=args.label_field, **given)  # fmt: skip
     return finetune(cfg, home=home, progress=progress)
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--max-seq-len", type=int)
+    p.add_argument("--warmup-ratio", type=float)
+    p.add_argument("--threads", type=int, help="torch threads (default: every core this process may use)")
     p.add_argument("--seed", type=int)
     p.add_argument("--model-name", help="registered name of the classifier")
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")

@@ -176,9 +176,13 @@ def download_model(model_uri: str, dst: Path | None = None) -> Path:
         )
     except MlflowException as e:
         raise UserError(f"cannot load {model_uri}: {str(e).splitlines()[0]}") from None
-    folder = root / "artifacts" / "model"
-    if not folder.is_dir():
-        raise UserError(f"{model_uri} is not an ALBERT model logged by this project (no artifacts/model)")
+    # the `model` artifact keeps the name of the folder that was logged (`model/` for training runs)
+    folders = sorted(p.parent for p in (root / "artifacts").glob("*/manifest.json"))
+    if len(folders) != 1:
+        raise UserError(
+            f"{model_uri} is not an ALBERT model logged by this project (no model folder artifact)"
+        )
+    folder = folders[0]
     manifest = verify_model_folder(folder)
     expected = _registered_sha256(model_uri)
     if expected is not None and expected != manifest["files"]["model.safetensors"]:
