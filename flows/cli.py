@@ -175,7 +175,8 @@ def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("--force needs --reason TEXT: the override is recorded with the decision")
     home = _registry(args)
     return promote_flow(args.model_name, version=args.version, margin=args.margin, force=args.force,
-                        reason=args.reason, home=str(home))  # fmt: skip
+                        reason=args.reason, home=str(home), eval_shards=args.eval_shards,
+                        max_sequences=args.max_sequences)  # fmt: skip
 
 
 def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
@@ -312,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_name")
     p.add_argument("--version", type=int, help="version to promote (default: the one aliased `candidate`)")
     p.add_argument("--margin", type=float, default=0.0, help="how much better the gate metrics must be")
+    p.add_argument("--eval-shards", help="shard id to compare on (default: the candidate's training shards)")
+    p.add_argument("--max-sequences", type=int, help="evaluate on the first N held-out sequences only")
     p.add_argument("--force", action="store_true", help="promote regardless of the gate (needs --reason)")
     p.add_argument("--reason", help="why (recorded with the decision)")
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")

@@ -150,7 +150,7 @@ def submit_training_job(
     if upload_project:
         runtime_env |= {
             "working_dir": str(PROJECT_ROOT),
-            "excludes": [".venv", ".git", "*.egg-info", "results"],
+            "excludes": [".venv", ".git", "*.egg-info", ".albert", "results"],
         }
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata={"albert": "train"})
     logger.info(f"submitted Ray job {job_id} to {ray_address}")
@@ -176,14 +176,12 @@ def submit_training_job(
 
 @task
 def promote_task(
-    model_name: str, home: str, version: int | None, margin: float, force: bool, reason: str | None
+    model_name: str, home: str, version: int | None, policy: dict[str, Any], force: bool, reason: str | None
 ) -> dict[str, Any]:
     from training.promotion import PromotionPolicy, promote
 
-    decision = promote(
-        model_name, home=Path(home), version=version, policy=PromotionPolicy(margin=margin), force=force,
-        reason=reason,
-    )  # fmt: skip
+    decision = promote(model_name, home=Path(home), version=version, policy=PromotionPolicy(**policy),
+                       force=force, reason=reason)  # fmt: skip
     _log(f"{model_name} v{decision['version']}: {decision['decision']} ({decision['reason']})")
     return decision
 
@@ -266,9 +264,13 @@ def promote_flow(
     force: bool = False,
     reason: str | None = None,
     home: str | None = None,
+    eval_shards: str | None = None,
+    max_sequences: int | None = None,
 ) -> dict[str, Any]:
-    """Gate `version` (default: the `candidate`) against the champion on the same held-out shards."""
-    decision = promote_task(model_name, str(albert_home(home)), version, margin, force, reason)
+    """Gate `version` (default: the `candidate`) against the champion on the same held-out shards (default: the
+    eval split of the shards the candidate was trained on)."""
+    policy = {"margin": margin, "eval_shards": eval_shards, "max_sequences": max_sequences}
+    decision = promote_task(model_name, str(albert_home(home)), version, policy, force, reason)
     create_markdown_artifact(_promote_report(decision), key=_artifact_key("promote", model_name),
                              description=f"promotion decision for {model_name}")  # fmt: skip
     return decision

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from albert_core.model import IGNORE_INDEX
 from albert_core.pretraining_data import SopConfig, SpecialIds, mask_dynamic
+from albert_core.tokenizer import SentencePieceTokenizer
+from training import tracking as m
 
 
 @dataclass(frozen=True)
@@ -68,3 +70,37 @@ def to_model_inputs(batch: dict[str, np.ndarray], spec: BatchSpec, epoch: int = 
         "labels": torch.from_numpy(labels),
         "sentence_order_label": torch.from_numpy(np.asarray(batch["sop_label"], dtype=np.int64)),
     }
+
+
+# Sums each rank contributes per step or per evaluation; all-reduced so figures cover every rank's data.
+STATS = ("loss_sum", "mlm_loss_sum", "sop_loss_sum", "mlm_hits", "mlm_total", "sop_hits", "sequences")
+
+
+def batch_stats(out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    valid = batch["labels"] != -100
+    n = len(batch["input_ids"])
+    return torch.tensor([
+        out.loss.item() * n, out.mlm_loss.item() * n, out.sop_loss.item() * n,
+        (out.prediction_logits.argmax(-1) == batch["labels"])[valid].sum().item(), valid.sum().item(),
+        (out.sop_logits.argmax(-1) == batch["sentence_order_label"]).sum().item(), n,
+    ], dtype=torch.float64)  # fmt: skip
+
+
+def summarize(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
+    s = dict(zip(STATS, stats.tolist(), strict=True))
+    n = max(s["sequences"], 1.0)
+    return {
+        f"{prefix}{m.LOSS}": s["loss_sum"] / n,
+        f"{prefix}{m.MLM_LOSS}": s["mlm_loss_sum"] / n,
+        f"{prefix}{m.SOP_LOSS}": s["sop_loss_sum"] / n,
+        f"{prefix}{m.MLM_ACC}": s["mlm_hits"] / max(s["mlm_total"], 1.0),
+        f"{prefix}{m.SOP_ACC}": s["sop_hits"] / n,
+    }
+
+
+def batch_spec(manifest: dict[str, Any], tokenizer: SentencePieceTokenizer, seed: int) -> BatchSpec:
+    """How to turn a shard set's rows into model inputs: the masking parameters the shards were built with."""
+    from data_jobs.shards import ShardsConfig, special_ids
+
+    cfg = ShardsConfig(**manifest["parameters"])
+    return BatchSpec(masking=cfg.masking, special=special_ids(tokenizer), sop=cfg.sop(), seed=seed)

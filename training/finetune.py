@@ -503,7 +503,7 @@ def _log_and_register(
     import albert_core
     from albert_core.checkpoint import verify_classifier_folder
     from training import classifier_pyfunc
-    from training.registry import CANDIDATE, _pip_requirements, _retry
+    from training.registry import CANDIDATE, pip_requirements, retry_transient
 
     manifest = verify_classifier_folder(model_dir)
     info = mlflow.pyfunc.log_model(
@@ -513,13 +513,13 @@ def _log_and_register(
         code_paths=[str(Path(albert_core.__file__).parent)],
         signature=classifier_pyfunc.SIGNATURE,
         input_example=classifier_pyfunc.input_example(),
-        pip_requirements=_pip_requirements(),
+        pip_requirements=pip_requirements(),
     )
     version_tags = {**tags, "run_id": run_id, "model_sha256": manifest["files"]["model.safetensors"]}
     # Not retried: creating a version is not idempotent (see registry.log_and_register).
     version = int(mlflow.register_model(info.model_uri, model_name, tags=version_tags).version)
     client = mlflow.MlflowClient()
-    _retry(lambda: client.set_registered_model_alias(model_name, CANDIDATE, str(version)))
+    retry_transient(lambda: client.set_registered_model_alias(model_name, CANDIDATE, str(version)))
     return {
         "model_name": model_name,
         "model_uri": f"models:/{model_name}/{version}",

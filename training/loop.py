@@ -24,34 +24,9 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.optim import build_optimizer, lr_scheduler
 from training import tracking as m
-from training.batches import BatchSpec, to_model_inputs
+from training.batches import STATS, BatchSpec, batch_stats, summarize, to_model_inputs
 from training.checkpointing import TrainState, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-
-# Sums each rank contributes per step or per evaluation; all-reduced so figures cover every rank's data.
-STATS = ("loss_sum", "mlm_loss_sum", "sop_loss_sum", "mlm_hits", "mlm_total", "sop_hits", "sequences")
-
-
-def batch_stats(out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    valid = batch["labels"] != -100
-    n = len(batch["input_ids"])
-    return torch.tensor([
-        out.loss.item() * n, out.mlm_loss.item() * n, out.sop_loss.item() * n,
-        (out.prediction_logits.argmax(-1) == batch["labels"])[valid].sum().item(), valid.sum().item(),
-        (out.sop_logits.argmax(-1) == batch["sentence_order_label"]).sum().item(), n,
-    ], dtype=torch.float64)  # fmt: skip
-
-
-def summarize(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
-    s = dict(zip(STATS, stats.tolist(), strict=True))
-    n = max(s["sequences"], 1.0)
-    return {
-        f"{prefix}{m.LOSS}": s["loss_sum"] / n,
-        f"{prefix}{m.MLM_LOSS}": s["mlm_loss_sum"] / n,
-        f"{prefix}{m.SOP_LOSS}": s["sop_loss_sum"] / n,
-        f"{prefix}{m.MLM_ACC}": s["mlm_hits"] / max(s["mlm_total"], 1.0),
-        f"{prefix}{m.SOP_ACC}": s["sop_hits"] / n,
-    }
 
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:

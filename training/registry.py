@@ -133,7 +133,7 @@ def log_and_register(
             code_paths=[str(Path(albert_core.__file__).parent)],
             signature=pyfunc_model.SIGNATURE,
             input_example=(pyfunc_model.input_example(), {"top_k": pyfunc_model.DEFAULT_TOP_K}),
-            pip_requirements=_pip_requirements(),
+            pip_requirements=pip_requirements(),
         )
         version_tags[HF_EXPORT_TAG] = (
             _log_hf_export(model_dir, run_id) if hf_export else "skipped: not requested"
@@ -143,7 +143,7 @@ def log_and_register(
     # register_model creates the registered model when missing and tolerates a concurrent creation.
     version = int(mlflow.register_model(info.model_uri, model_name, tags=version_tags).version)
     client = mlflow.MlflowClient()
-    _retry(lambda: client.set_registered_model_alias(model_name, CANDIDATE, str(version)))
+    retry_transient(lambda: client.set_registered_model_alias(model_name, CANDIDATE, str(version)))
     return {
         "model_uri": f"models:/{model_name}/{version}",
         "alias_uri": f"models:/{model_name}@{CANDIDATE}",
@@ -254,7 +254,7 @@ def _in_run(run_id: str) -> Iterator[None]:
         yield
 
 
-def _pip_requirements() -> list[str]:
+def pip_requirements() -> list[str]:
     """This environment's versions of what the pyfunc imports, so `load_model` sees no mismatch. Local version
     labels are dropped (`2.13.0+cpu` -> `2.13.0`): pip cannot resolve them from an index."""
     from packaging.version import Version
@@ -281,7 +281,7 @@ def _log_hf_export(model_dir: Path, run_id: str) -> str:
     return f"runs:/{run_id}/hf"
 
 
-def _retry(call: Callable[[], T], attempts: int = 4, delay_s: float = 0.5) -> T:
+def retry_transient(call: Callable[[], T], attempts: int = 4, delay_s: float = 0.5) -> T:
     """`call()`, retried with exponential backoff on transient registry errors; only for idempotent calls."""
     from mlflow.exceptions import MlflowException
 

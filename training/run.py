@@ -19,12 +19,11 @@ from typing import Any
 from albert_core import AlbertConfig
 from albert_core.checkpoint import load_model, save_model
 from albert_core.errors import UserError
-from albert_core.pretraining_data import SopConfig, SpecialIds
 from albert_core.storage import read_json, validate_name, write_json
 from data_jobs.ray_runtime import ensure_ray
 from data_jobs.shards import load_manifest, read_shards, split_files
 from data_jobs.tokenizer_job import load_tokenizer
-from training.batches import BatchSpec
+from training.batches import batch_spec
 from training.config import TrainConfig
 from training.registry import configure_mlflow, get_or_create_experiment, log_and_register, tracking_uri
 
@@ -76,10 +75,7 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
         **{"vocab_size": tokenizer.vocab_size, "max_position_embeddings": max(512, max_seq_len)}
         | cfg.model_overrides,
     )
-    special = SpecialIds(tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.vocab_size)
-    sop = SopConfig(max_seq_len=max_seq_len, max_predictions=params["max_predictions"],
-                    masked_lm_prob=params["masked_lm_prob"], dupe_factor=1)  # fmt: skip
-    spec = BatchSpec(masking=params["masking"], special=special, sop=sop, seed=cfg.seed)
+    spec = batch_spec(manifest, tokenizer, cfg.seed)
 
     configure_mlflow(home)
     uri = tracking_uri(home)

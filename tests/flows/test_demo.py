@@ -81,6 +81,12 @@ def test_champion_exports_to_transformers_with_the_same_outputs(
         a, b = ours(ids), hf_model(ids)
     assert (a.prediction_logits - b.prediction_logits).abs().max() < 1e-4
     assert (a.sop_logits - b.sop_logits).abs().max() < 1e-4
+    # the classic fine-tuning start: our encoder under a new classification head
+    classifier = transformers.AlbertForSequenceClassification.from_pretrained(tmp_path / "hf", num_labels=4)
+    encoder = dict(classifier.albert.named_parameters())
+    for name, weight in hf_model.albert.named_parameters():
+        assert torch.equal(encoder[name], weight), name
+    assert classifier(ids).logits.shape == (1, 4)
 
 
 def test_a_corrupted_model_folder_is_refused(runs: tuple[dict, dict], home: Path, tmp_path: Path) -> None:
