@@ -50,6 +50,7 @@ from albert_core.pretraining_data import Instance, SopConfig, SpecialIds, build_
 from albert_core.text import join_wrapped_lines, normalize, split_sentences
 from albert_core.tokenizer import SentencePieceTokenizer
 from benchmarks.reference_port import create_training_instances, instance_features
+from data_jobs.shards import special_ids
 
 RESULTS = Path(__file__).parent / "results"
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
@@ -111,10 +112,6 @@ def encode_documents(
     ids = iter(tok.encode([s for sentences in docs.values() for s in sentences]))
     encoded = {doc_id: [next(ids) for _ in sentences] for doc_id, sentences in docs.items()}
     return {doc_id: [s for s in sentences if s] for doc_id, sentences in encoded.items()}
-
-
-def special_ids(tok: SentencePieceTokenizer) -> SpecialIds:
-    return SpecialIds(cls=tok.cls_id, sep=tok.sep_id, mask=tok.mask_id, vocab_size=tok.vocab_size)
 
 
 def port_inputs(

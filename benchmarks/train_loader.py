@@ -1,6 +1,6 @@
 """Loader vs trainer (issue 5, P4): can Ray Data feed the training step, with room to spare?
 
-- loader: `read_shards(home, id, "train").iter_torch_batches(batch_size=16, collate_fn=to_model_inputs)`, the call
+- loader: `read_shards(home, id, "train").iter_torch_batches(batch_size=16, collate_fn=ModelInputs(spec, 0))`, the call
   the training loop makes, over the training split (static shards read their masks; dynamic shards draw them
   in `to_model_inputs`). Samples/s over the pass, start-up included; time to the first batch reported beside it.
 - trainer: forward + backward + clip + LAMB step + schedule step of the `tiny` preset (the loop's step without its
@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +36,12 @@ import torch
 
 from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.optim import build_optimizer, lr_scheduler
-from albert_core.pretraining_data import SopConfig, SpecialIds
 from data_jobs.ingest import ingest
 from data_jobs.shards import ShardsConfig, build_shards, load_manifest, read_shards
 from data_jobs.tokenizer_job import TokenizerJobConfig, load_tokenizer, train_tokenizer
-from training.batches import BatchSpec, to_model_inputs
+from training.batches import BatchSpec, batch_spec
 from training.config import TrainConfig
+from training.loop import ModelInputs
 
 RESULTS = Path(__file__).parent / "results"
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
@@ -80,15 +79,11 @@ def build_bench_shards(
     }  # fmt: skip
 
 
-def batch_spec(home: Path, shard_id: str, seed: int = 0) -> tuple[BatchSpec, int]:
+def loader_spec(home: Path, shard_id: str, seed: int = 0) -> tuple[BatchSpec, int]:
     """The loader's `BatchSpec` for a shard set, as `training.run.train` builds it, and the vocabulary size."""
     manifest = load_manifest(home, shard_id)
-    params = manifest["parameters"]
     tokenizer, _ = load_tokenizer(home, manifest["tokenizer"]["name"])
-    special = SpecialIds(tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.vocab_size)
-    sop = SopConfig(max_seq_len=params["max_seq_len"], max_predictions=params["max_predictions"],
-                    masked_lm_prob=params["masked_lm_prob"], dupe_factor=1)  # fmt: skip
-    return BatchSpec(masking=params["masking"], special=special, sop=sop, seed=seed), tokenizer.vocab_size
+    return batch_spec(manifest, tokenizer, seed), tokenizer.vocab_size
 
 
 def environment() -> dict[str, Any]:
@@ -113,7 +108,7 @@ def loader_pass(
     """One pass of the training loader: samples/s, time to the first batch, and its first `keep` batches (what
     the trainer steps on)."""
     dataset = read_shards(home, shard_id, "train")
-    collate = partial(to_model_inputs, spec=spec, epoch=0)
+    collate = ModelInputs(spec, epoch=0)
     kept, samples, first = [], 0, None
     started = time.perf_counter()
     iterator = iter(dataset.iter_torch_batches(batch_size=BATCH, collate_fn=collate, drop_last=True))
@@ -166,7 +161,7 @@ class Trainer:
 
 
 def bench(home: Path, shards: dict[str, str], reps: int, train_batches: int, max_batches: int | None) -> list:
-    specs = {masking: batch_spec(home, sid) for masking, sid in shards.items()}
+    specs = {masking: loader_spec(home, sid) for masking, sid in shards.items()}
     max_seq_len = load_manifest(home, next(iter(shards.values())))["parameters"]["max_seq_len"]
     vocab = next(iter(specs.values()))[1]
     # One model per masking, so each trainer's schedule spans its own steps (warm-up + reps passes).
