@@ -204,6 +204,13 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     return finetune(cfg, home=home, progress=progress)
 
 
+def cmd_doctor(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home
+    from flows.doctor import doctor
+
+    return doctor(albert_home(args.home))
+
+
 def cmd_flows_serve(args: argparse.Namespace) -> dict[str, Any]:
     from flows.deploy import serve_deployments
 
@@ -368,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--work-pool", default="albert-process", help="process work pool (created if missing)"
             )
 
+    p = command(sub, "doctor", cmd_doctor, "which services are configured, and whether they are reachable")
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
     model = sub.add_parser("model", help="model presets").add_subparsers(dest="model_command", required=True)
     p = command(model, "info", cmd_model_info, "parameter counts and config of a preset")
     p.add_argument("--preset", required=True)
@@ -398,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result, sort_keys=True, default=str))
     else:
         print(_human(result))
-    return 0
+    return 1 if args.command == "doctor" and not result["ok"] else 0
 
 
 def _human(result: dict[str, Any]) -> str:

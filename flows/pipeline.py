@@ -152,7 +152,7 @@ def submit_training_job(
             "working_dir": str(PROJECT_ROOT),
             "excludes": [".venv", ".git", "*.egg-info", ".albert", "results"],
         }
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env, metadata={"albert": "train"})
+    job_id = _submit(client, entrypoint=entrypoint, runtime_env=runtime_env, metadata={"albert": "train"})
     logger.info(f"submitted Ray job {job_id} to {ray_address}")
     shown = 0
     while True:
@@ -172,6 +172,19 @@ def submit_training_job(
         if line.startswith("{"):
             return {**json.loads(line), "ray_job_id": job_id}
     raise RuntimeError(f"Ray job {job_id} succeeded but printed no JSON summary")
+
+
+def _submit(client: Any, wait_s: float = 120.0, **job: Any) -> str:
+    """`submit_job`, retried while a freshly started head node has no job agent yet (Ray answers HTTP 500
+    "No available agent"); any other error is raised at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
 
 
 @task

@@ -35,6 +35,7 @@ from albert_core.optim import build_optimizer, lr_scheduler
 from albert_core.storage import read_json, sha256_file, validate_name
 from albert_core.tokenizer import SentencePieceTokenizer
 from training.classifier_pyfunc import encode_texts, pad_batch
+from training.registry import parse_model_uri
 
 EXPERIMENT = "albert-finetuning"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -97,7 +98,7 @@ class FinetuneConfig:
         if self.model_name is not None:
             validate_name(self.model_name, "model name")
         if self.model_uri.startswith("models:/"):
-            _parse_registered(self.model_uri)  # a malformed URI fails here, with the other config mistakes
+            parse_model_uri(self.model_uri)  # a malformed URI fails here, with the other config mistakes
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
@@ -107,7 +108,7 @@ class FinetuneConfig:
         if self.model_name:
             return self.model_name
         if self.model_uri.startswith("models:/"):
-            return validate_name(f"{_parse_registered(self.model_uri)[0]}-classifier", "model name")
+            return validate_name(f"{parse_model_uri(self.model_uri)[0]}-classifier", "model name")
         return "albert-classifier"
 
 
@@ -287,12 +288,6 @@ def accuracy_and_macro_f1(truth: Sequence[int], predicted: Sequence[int]) -> tup
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
-def _parse_registered(model_uri: str) -> tuple[str, str | None, int | None]:
-    from training.registry import parse_model_uri
-
-    return parse_model_uri(model_uri)
-
-
 def _resolve_pretrained(model_uri: str) -> tuple[str, str]:
     """(URI to download, registered version or ""): an alias is pinned to its version first, so the weights,
     the tag and the lineage all name the same version even if the alias moves meanwhile."""
@@ -301,7 +296,7 @@ def _resolve_pretrained(model_uri: str) -> tuple[str, str]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    name, alias, version = _parse_registered(model_uri)
+    name, alias, version = parse_model_uri(model_uri)
     if alias is None:
         return model_uri, str(version)
     try:

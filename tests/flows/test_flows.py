@@ -118,12 +118,15 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> str:
             return s.getsockname()[1]
 
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, agent, agent_grpc, runtime_env, metrics = (free_port() for _ in range(6))
     ray = Path(sys.executable).with_name("ray")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PATH"] = f"{ray.parent}{os.pathsep}{env['PATH']}"  # a node whose `python` has the project installed
     subprocess.run([str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                     f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=4",
+                    # fixed by default (52365 …): taken by this process's own local Ray runtime
+                    f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=180)  # fmt: skip
     yield f"http://127.0.0.1:{dashboard}"
