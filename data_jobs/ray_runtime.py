@@ -12,6 +12,8 @@ import sys
 
 import ray
 
+from albert_core.system import available_cores
+
 LOCAL_CPU_FACTOR = 2  # logical CPUs per physical core advertised to a local runtime
 
 
@@ -25,7 +27,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **common)
     else:
-        cpus = num_cpus or max(4, LOCAL_CPU_FACTOR * (os.cpu_count() or 1))
+        cpus = num_cpus or max(4, LOCAL_CPU_FACTOR * available_cores())
         ray.init(num_cpus=cpus, **common)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = sys.stderr.isatty()

@@ -43,6 +43,7 @@ import ray
 from albert_core.errors import UserError
 from albert_core.pretraining_data import DocumentPool, Instance, SopConfig, SpecialIds, document_instances
 from albert_core.storage import atomic_directory, read_json, sha256_file, validate_name, write_json
+from albert_core.system import available_cores
 from albert_core.tokenizer import SentencePieceTokenizer
 from data_jobs.corpus import CorpusVersion, resolve_version
 from data_jobs.ray_runtime import ensure_ray
@@ -360,7 +361,7 @@ def shard_id(lineage: dict[str, Any]) -> str:
 
 def _resources(workers: int | None) -> tuple[int, float, int]:
     """(actors, Ray CPUs per actor, SentencePiece threads per actor)."""
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     n = cores if workers is None else workers
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise UserError(f"workers must be a positive integer, got {workers!r}")

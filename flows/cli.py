@@ -131,6 +131,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             raise UserError(f"--config-json is not valid JSON: {e}") from None
     if args.compile:
         given["compile"] = True
+    if args.gpu:
+        given["use_gpu"] = True
     if args.resume:  # continue with the run's own config; flags given now override it (e.g. --max-steps)
         base = read_json(home / "runs" / validate_name(args.resume, "run name") / "run.json")["config"]
         cfg = TrainConfig.from_dict({**base, **given})
@@ -298,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=["lamb", "adamw"])
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
     p.add_argument("--eval-every", type=int)
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)

@@ -64,7 +64,10 @@ def deploy_to_pool(
     for f, options in _specs(home, cron, sources, corpus):
         entrypoint = f"flows/pipeline.py:{f.fn.__name__}"
         source = f.from_source(source=str(PROJECT_ROOT), entrypoint=entrypoint)
-        ids[f"{f.name}/{options['name']}"] = str(source.deploy(work_pool_name=work_pool, **options))
+        # Not `source.deploy(…)`: it first lists the pool's online workers with null limit/offset, which the
+        # Prefect 3.8.8 server rejects (422) under FastAPI 0.154; `apply` registers the same deployment.
+        deployment = source.to_deployment(work_pool_name=work_pool, **options)
+        ids[f"{f.name}/{options['name']}"] = str(deployment.apply(work_pool_name=work_pool))
     return {"work_pool": work_pool, "deployments": ids}
 
 

@@ -17,6 +17,7 @@ when the shards are no longer on disk: an unchanged corpus is not re-tokenized, 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
 from pathlib import Path
@@ -30,6 +31,9 @@ from albert_core.errors import UserError
 from albert_core.storage import albert_home
 
 CORPUS_PUBLISHED = "albert.corpus.published"
+# The Ray Jobs API (a head node's dashboard URL, http://HOST:8265) that train_flow submits to when no ray_address
+# is given. Not RAY_ADDRESS: that one names the cluster `ray.init` joins (GCS host:port) and refuses http URLs.
+RAY_JOBS_ADDRESS = "ALBERT_RAY_ADDRESS"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -111,7 +115,8 @@ def _build_or_cached_shards(corpus: str, home: str, options: dict[str, Any]) -> 
 
     sid = planned_shard_id(corpus, corpus, home=Path(home), cfg=ShardsConfig(**options))
     on_disk = (shards_dir(Path(home), sid) / MANIFEST).is_file()
-    return shards_task.with_options(refresh_cache=not on_disk)(corpus, home, options, sid)
+    summary = shards_task.with_options(refresh_cache=not on_disk)(corpus, home, options, sid)
+    return {**summary, "reused": on_disk}  # a cached summary is the one of the run that built them
 
 
 @task
@@ -245,12 +250,13 @@ def train_flow(
     promote: bool = False,
 ) -> dict[str, Any]:
     """Pretrain on `shards` (or the newest shards of `corpus`); on local Ray, or on the Ray cluster at
-    `ray_address` through the Jobs API. Returns the training summary: run id, model version and metrics, and
+    `ray_address` (default $ALBERT_RAY_ADDRESS) through the Jobs API. Returns the training summary: run id, model version and metrics, and
     with `promote` the gate's decision on the new version."""
     from data_jobs.shards import latest_shards
     from training.config import TrainConfig
 
     root = albert_home(home)
+    ray_address = ray_address or os.environ.get(RAY_JOBS_ADDRESS) or None
     if shards is None:
         if corpus is None:
             raise UserError("train_flow needs shards=ID or corpus=NAME")

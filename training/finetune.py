@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import tempfile
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from albert_core.errors import UserError
 from albert_core.model import AlbertForPreTraining, AlbertForSequenceClassification
 from albert_core.optim import build_optimizer, lr_scheduler
 from albert_core.storage import read_json, sha256_file, validate_name
+from albert_core.system import available_cores
 from albert_core.tokenizer import SentencePieceTokenizer
 from training.classifier_pyfunc import encode_texts, pad_batch
 from training.registry import parse_model_uri
@@ -321,7 +321,7 @@ def _labels_tag(labels: list[str]) -> str:
 def _threads(cfg: FinetuneConfig) -> int:
     if cfg.threads is not None:
         return cfg.threads
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return available_cores()
 
 
 def _batches(n: int, batch_size: int, order: Sequence[int] | None = None) -> list[list[int]]:

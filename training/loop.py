@@ -8,7 +8,6 @@ Read top to bottom it is the recipe: config -> model -> optimizer and schedule -
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 
 from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.optim import build_optimizer, lr_scheduler
+from albert_core.system import available_cores
 from training import tracking as m
 from training.batches import STATS, BatchSpec, batch_stats, summarize, to_model_inputs
 from training.checkpointing import TrainState, load_checkpoint, save_checkpoint
@@ -99,7 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()  # (1) who am I
     rank = ctx.get_world_rank()
     # This node's cores split between its workers: more threads than cores is 10x slower (DESIGN pitfalls).
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.get_local_world_size()))
+    torch.set_num_threads(max(1, available_cores() // ctx.get_local_world_size()))
 
     torch.manual_seed(cfg.seed)  # the same init on every rank (DDP broadcasts rank 0's weights anyway)
     model = AlbertForPreTraining(AlbertConfig.from_dict(config["model"]))
