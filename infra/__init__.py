@@ -1,0 +1,1 @@
+"""Cluster and server specs: `infra.local` starts a production-like stack as local processes."""
