@@ -72,6 +72,12 @@ def _ray_token(env: Mapping[str, str]) -> str | None:
         return None
 
 
+def _mask(uri: str) -> str:
+    """The URI without its password, if it has one."""
+    password = urlsplit(uri).password
+    return uri.replace(f":{password}@", ":***@") if password else uri
+
+
 def _entry(configured: str, source: str, reachable: bool, detail: str) -> dict[str, Any]:
     return {
         "configured": configured,
@@ -94,22 +100,23 @@ def check_mlflow(home: Path, env: Mapping[str, str], timeout: float) -> dict[str
                       f"embedded store {'exists' if db.exists() else 'is created on first use'}; {detail}")  # fmt: skip
     scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):
+        shown = _mask(uri)
         try:
             status, body, took = _get(f"{uri.rstrip('/')}/health", timeout)
         except Exception as e:
-            return _entry(uri, "MLFLOW_TRACKING_URI", False, f"tracking server unreachable: {_why(e)}")
-        ok = status == 200
-        return _entry(
-            uri, "MLFLOW_TRACKING_URI", ok, f"GET /health: HTTP {status} {body[:40]!r} ({took:.2f} s)"
-        )
+            return _entry(shown, "MLFLOW_TRACKING_URI", False, f"tracking server unreachable: {_why(e)}")
+        detail = f"GET /health: HTTP {status} {body[:40]!r} ({took:.2f} s)"
+        return _entry(shown, "MLFLOW_TRACKING_URI", status == 200, detail)
     if scheme == "sqlite" or scheme in ("", "file"):
-        path = Path(urlsplit(uri).path if scheme else uri)
-        ok, detail = _writable(path.parent if scheme == "sqlite" else path)
+        path = Path(
+            uri.removeprefix("sqlite:///") if scheme == "sqlite" else urlsplit(uri).path if scheme else uri
+        )
+        ok, detail = _writable(path.absolute().parent if scheme == "sqlite" else path)
         return _entry(uri, "MLFLOW_TRACKING_URI", ok, f"local store; {detail}")
     parts = urlsplit(uri)
     if parts.hostname and parts.port:  # a database URI (postgresql://…): is anything listening?
         ok, detail = _tcp(parts.hostname, parts.port, timeout)
-        return _entry(uri.replace(parts.password or "\0", "***"), "MLFLOW_TRACKING_URI", ok, detail)
+        return _entry(_mask(uri), "MLFLOW_TRACKING_URI", ok, detail)
     return _entry(uri, "MLFLOW_TRACKING_URI", False, f"cannot check a {scheme!r} tracking URI here")
 
 

@@ -155,7 +155,7 @@ def submit_training_job(
     if upload_project:
         runtime_env |= {
             "working_dir": str(PROJECT_ROOT),
-            "excludes": [".venv", ".git", "*.egg-info", ".albert", "results"],
+            "excludes": [".venv", ".git", "*.egg-info", ".albert", ".albert-stack", "results"],
         }
     job_id = _submit(client, entrypoint=entrypoint, runtime_env=runtime_env, metadata={"albert": "train"})
     logger.info(f"submitted Ray job {job_id} to {ray_address}")

@@ -11,6 +11,7 @@ from albert_core.errors import UserError
 
 Optimizer = Literal["lamb", "adamw"]
 Precision = Literal["fp32", "bf16", "fp16"]
+Placement = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class TrainConfig:
     max_failures: int = 1
     seed: int = 0
     use_gpu: bool = False
+    placement_strategy: Placement = "PACK"  # Ray's placement of workers; STRICT_SPREAD: one per node
     model_name: str | None = None  # registered model; default albert-<preset>
 
     def __post_init__(self) -> None:
@@ -65,6 +67,8 @@ class TrainConfig:
             )
         if self.optimizer not in get_args(Optimizer):
             raise UserError(f"optimizer must be one of {', '.join(get_args(Optimizer))}")
+        if self.placement_strategy not in get_args(Placement):
+            raise UserError(f"placement_strategy must be one of {', '.join(get_args(Placement))}")
         if self.precision not in get_args(Precision):
             raise UserError(f"precision must be one of {', '.join(get_args(Precision))}")
         if self.precision == "fp16" and not self.use_gpu:

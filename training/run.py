@@ -120,7 +120,10 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
         },
         # One Ray CPU per worker; the local runtime advertises 2 per core, so Ray Data keeps CPUs to feed them.
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": 1}
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": 1},
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=attempt,
