@@ -31,9 +31,10 @@ from albert_core.errors import UserError
 from albert_core.storage import albert_home
 
 CORPUS_PUBLISHED = "albert.corpus.published"
-# The Ray Jobs API (a head node's dashboard URL, http://HOST:8265) that train_flow submits to when no ray_address
-# is given. Not RAY_ADDRESS: that one names the cluster `ray.init` joins (GCS host:port) and refuses http URLs.
-RAY_JOBS_ADDRESS = "ALBERT_RAY_ADDRESS"
+# Where train_flow finds the Ray Jobs API (a head node's dashboard URL, http://HOST:8265) when no ray_address is
+# given: ours, then Ray's own (`ray job submit` reads it). Not RAY_ADDRESS: that one names the cluster `ray.init`
+# joins (GCS host:port) and refuses http URLs.
+RAY_JOBS_ADDRESS = ("ALBERT_RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -250,13 +251,13 @@ def train_flow(
     promote: bool = False,
 ) -> dict[str, Any]:
     """Pretrain on `shards` (or the newest shards of `corpus`); on local Ray, or on the Ray cluster at
-    `ray_address` (default $ALBERT_RAY_ADDRESS) through the Jobs API. Returns the training summary: run id, model version and metrics, and
+    `ray_address` (default $ALBERT_RAY_ADDRESS or $RAY_API_SERVER_ADDRESS) through the Jobs API. Returns the training summary: run id, model version and metrics, and
     with `promote` the gate's decision on the new version."""
     from data_jobs.shards import latest_shards
     from training.config import TrainConfig
 
     root = albert_home(home)
-    ray_address = ray_address or os.environ.get(RAY_JOBS_ADDRESS) or None
+    ray_address = ray_address or next((os.environ[v] for v in RAY_JOBS_ADDRESS if os.environ.get(v)), None)
     if shards is None:
         if corpus is None:
             raise UserError("train_flow needs shards=ID or corpus=NAME")
