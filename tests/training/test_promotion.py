@@ -33,13 +33,13 @@ from albert_core.tokenizer import SentencePieceTokenizer
 from data_jobs.ingest import ingest
 from data_jobs.shards import ShardsConfig, build_shards, load_manifest, shards_dir
 from data_jobs.tokenizer_job import TokenizerJobConfig, load_tokenizer, train_tokenizer
-from training.batches import to_model_inputs
+from training.batches import batch_spec, to_model_inputs
 from training.promotion import (
     CHAMPION,
     EVAL_METRICS,
+    EVAL_SEED,
     KEY_TAGS,
     PromotionPolicy,
-    batch_spec,
     evaluate_model,
     history,
     list_models,
@@ -83,7 +83,7 @@ def shards(home: Path) -> str:
 def snapshots(home: Path, shards: str) -> dict[int, Path]:
     """Model folders of one tiny ALBERT (2 layers) after each of SNAPSHOT_STEPS AdamW steps on the train split."""
     tokenizer, tok_manifest = load_tokenizer(home, "en")
-    spec = batch_spec(load_manifest(home, shards), tokenizer)
+    spec = batch_spec(load_manifest(home, shards), tokenizer, EVAL_SEED)
     files = sorted((shards_dir(home, shards) / "train").glob("part-*.parquet"))
     table = pa.concat_tables(pq.read_table(f) for f in files)
     assert len(table) >= BATCH * SNAPSHOT_STEPS[-1]
