@@ -44,12 +44,17 @@ def save_model(
 
 def verify_model_folder(folder: str | Path) -> dict[str, Any]:
     """Check a folder written by `save_model` against its manifest; return the manifest."""
-    folder = Path(folder)
+    return _verify_folder(Path(folder), FORMAT, "model")
+
+
+def _verify_folder(folder: Path, expected: str, kind: str) -> dict[str, Any]:
     if not (folder / "manifest.json").is_file():
-        raise UserError(f"{folder} is not a model folder (no manifest.json)")
+        raise UserError(f"{folder} is not a {kind} folder (no manifest.json)")
     manifest = read_json(folder / "manifest.json")
-    if manifest.get("format") != FORMAT:
-        raise UserError(f"{folder}: unsupported model format {manifest.get('format')!r}, expected {FORMAT}")
+    if manifest.get("format") != expected:
+        raise UserError(
+            f"{folder}: unsupported {kind} format {manifest.get('format')!r}, expected {expected}"
+        )
     verify_hashes(folder, manifest["files"])
     return manifest
 
@@ -109,16 +114,7 @@ def save_classifier(
 
 def verify_classifier_folder(folder: str | Path) -> dict[str, Any]:
     """Check a folder written by `save_classifier` against its manifest; return the manifest."""
-    folder = Path(folder)
-    if not (folder / "manifest.json").is_file():
-        raise UserError(f"{folder} is not a classifier folder (no manifest.json)")
-    manifest = read_json(folder / "manifest.json")
-    if manifest.get("format") != CLASSIFIER_FORMAT:
-        raise UserError(
-            f"{folder}: unsupported classifier format {manifest.get('format')!r}, expected {CLASSIFIER_FORMAT}"
-        )
-    verify_hashes(folder, manifest["files"])
-    return manifest
+    return _verify_folder(Path(folder), CLASSIFIER_FORMAT, "classifier")
 
 
 def load_classifier(

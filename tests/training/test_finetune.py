@@ -13,7 +13,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -38,7 +37,7 @@ from training.finetune import (
     finetune,
     load_splits,
 )
-from training.registry import configure_mlflow, get_or_create_experiment, log_and_register, tracking_uri
+from training.registry import get_or_create_experiment, log_and_register, tracking_uri
 
 REPO = Path(__file__).resolve().parents[2]
 PRETRAINED = "albert-books-test"
@@ -97,21 +96,6 @@ def books(corpora: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         "eval": folder / "eval.jsonl",
         "tokenizer": tokenizer.save(folder / "tokenizer"),
     }
-
-
-@pytest.fixture
-def mlflow_home(albert_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Embedded MLflow under ALBERT_HOME, run from a scratch working directory (to catch `./mlruns` leaks)."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    configure_mlflow(albert_home)
-    yield albert_home
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    assert not (workdir / "mlruns").exists(), "MLflow wrote artifacts relative to the working directory"
 
 
 def tiny_pretrained(folder: Path, tokenizer_dir: Path) -> Path:

@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -75,21 +74,6 @@ def make_model_dir(folder: Path, tokenizer_dir: Path, sharing: str = "all") -> P
     vocab_size = SentencePieceTokenizer.load(tokenizer_dir).vocab_size
     model = AlbertForPreTraining(AlbertConfig.from_preset("tiny", vocab_size=vocab_size, sharing=sharing))
     return save_model(model, folder, tokenizer_dir=tokenizer_dir)
-
-
-@pytest.fixture
-def mlflow_home(albert_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Embedded MLflow under ALBERT_HOME, run from a scratch working directory (to catch `./mlruns` leaks)."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    workdir = tmp_path / "cwd"
-    workdir.mkdir()
-    monkeypatch.chdir(workdir)
-    configure_mlflow(albert_home)
-    yield albert_home
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    assert not (workdir / "mlruns").exists(), "MLflow wrote artifacts relative to the working directory"
 
 
 def test_tracking_uri_prefers_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
