@@ -227,7 +227,8 @@ def test_metrics_are_in_the_server_and_in_postgresql(stack: Stack, pipeline: dic
     import psycopg2
     from mlflow import MlflowClient
 
-    client = MlflowClient(stack.urls["mlflow"])
+    # both URIs: an earlier configure_mlflow in this process may have pointed the default registry elsewhere
+    client = MlflowClient(stack.urls["mlflow"], registry_uri=stack.urls["mlflow"])
     version = client.get_model_version_by_alias(MODEL, "candidate")
     run = client.get_run(version.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["shards"] == pipeline["train_parameters"]["shards"]
@@ -248,7 +249,8 @@ def test_artifacts_are_in_the_s3_store(stack: Stack, pipeline: dict[str, Any]) -
     import boto3
     from mlflow import MlflowClient
 
-    version = MlflowClient(stack.urls["mlflow"]).get_model_version_by_alias(MODEL, "champion")
+    client = MlflowClient(stack.urls["mlflow"], registry_uri=stack.urls["mlflow"])
+    version = client.get_model_version_by_alias(MODEL, "champion")
     s3 = boto3.client("s3", endpoint_url=stack.urls["s3"], region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
                       aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])  # fmt: skip
