@@ -81,6 +81,7 @@ def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> 
         "home": str(home),
         "seconds": round(time.perf_counter() - started, 1),
     }
+    summary["phases"] = _phases(result, summary["seconds"])
     top = ", ".join(f"{c['token']} ({c['score']:.2f})" for c in summary["fill_mask"]["top"])
     progress(
         f"\ncorpus {result['ingest']['corpus']}: {summary['ingest_message']}; shards {summary['shards']}\n"
@@ -90,6 +91,22 @@ def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> 
         f"\nchampion: {champion} (version {summary['champion_version']})"
         f"\nfill-mask  {MASKED!r}: {top}"
         f"\nsentence order  {PAIR}: swapped with probability {summary['sop']['swapped_probability']:.2f}"
-        f"\nMLflow UI: {summary['mlflow_ui']}\ndone in {summary['seconds']} s"
+        f"\nMLflow UI: {summary['mlflow_ui']}\ndone in {summary['seconds']} s ("
+        + ", ".join(f"{k} {v} s" for k, v in summary["phases"].items())
+        + ")"
     )
     return summary
+
+
+def _phases(result: dict[str, Any], total: float) -> dict[str, float]:
+    """Seconds per step of the chain, from each job's own summary (0 for a step served from cache); the rest is
+    start-up (Ray, Prefect), promotion and the predictions."""
+    data = result["ingest"]
+    phases = {
+        "ingest": data["ingest"]["seconds"],
+        "tokenizer": 0.0 if data["tokenizer"].get("reused", True) else data["tokenizer"]["seconds"],
+        "shards": 0.0 if data["shards"]["reused"] else data["shards"]["seconds"],
+        "train": result["train"]["seconds"],
+    }
+    phases["other"] = round(max(total - sum(phases.values()), 0.0), 1)
+    return phases
