@@ -2,26 +2,37 @@
 `manifest.json`.
 
 A version is visible only once its folder exists under its final name, and that folder is complete when it
-appears: it is built under a temporary name and renamed in one step, with the manifest (sha256 of every file,
-counts, sources, parameters, parent version) written last inside it. Two ingestions racing for the same corpus
-both succeed: the loser of the rename takes the next number.
+appears: it is built under a temporary name and renamed in one step, with the manifest (sha256 and Parquet row
+count of every file, counts, sources, parameters, parent version) written last inside it. A build killed midway
+leaves only its temporary folder, which the next build removes (`albert_core.storage.build_folder`). Two
+publishers racing for the same corpus both succeed: the loser of the rename takes the next number. Ingestion
+also holds `corpus_lock` from reading the latest version to publishing, so each version's parent is the one
+before it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from albert_core.errors import UserError
-from albert_core.storage import file_hashes, read_json, validate_name, verify_hashes, write_json
+from albert_core.storage import (
+    build_folder,
+    exclusive_lock,
+    file_hashes,
+    read_json,
+    validate_name,
+    verify_hashes,
+    write_json,
+)
 
 # One row per document. `sentences` keeps the segment units SOP is built from (one sentence each);
 # `content_hash` is the sha256 of the normalised sentences joined by "\n", the key of exact deduplication.
@@ -46,6 +57,8 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 RAW_LIMIT = 64 * 1024
 _VERSION = re.compile(r"^v(\d+)$")
+# Another ingestion of the same corpus writes and publishes before this one may (the whole second pass).
+LOCK_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,22 @@ class CorpusVersion:
 
 def corpus_root(home: Path, name: str) -> Path:
     return home / "corpora" / validate_name(name, "corpus name")
+
+
+@contextlib.contextmanager
+def corpus_lock(home: Path, name: str) -> Iterator[None]:
+    """Exclusive right to choose the next version of corpus `name` (`<home>/locks/corpus-<name>.lock`)."""
+    path = home / "locks" / f"corpus-{validate_name(name, 'corpus name')}.lock"
+    with exclusive_lock(path, f"another ingestion of corpus {name!r}", LOCK_TIMEOUT_S):
+        yield
+
+
+def parquet_rows(folder: Path) -> dict[str, int]:
+    """Row count of every Parquet file under `folder` (from the footers), keyed like `file_hashes`."""
+    return {
+        p.relative_to(folder).as_posix(): pq.ParquetFile(p).metadata.num_rows
+        for p in sorted(folder.rglob("*.parquet"))
+    }
 
 
 def list_versions(home: Path, name: str) -> list[CorpusVersion]:
@@ -114,20 +143,18 @@ def publish_version(
 ) -> CorpusVersion:
     """Build a new version in a temporary folder and publish it under the next free `v<k>`.
 
-    `build(folder)` writes the data files and returns the manifest body; this function adds the file hashes
-    and the parent, writes the manifest last, and renames the folder into place.
+    `build(folder)` writes the data files and returns the manifest body; this function adds the file hashes,
+    Parquet row counts and the parent, writes the manifest last, and renames the folder into place.
     """
     root = corpus_root(home, name)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
-    os.chmod(tmp, 0o755)
-    try:
+    with build_folder(root, ".build-") as tmp:
         body = build(tmp)
         manifest = {
             "corpus": name,
             "parent": parent.id if parent else None,
             **body,
             "files": file_hashes(tmp),
+            "rows": parquet_rows(tmp),
         }
         while True:
             taken = [int(m.group(1)) for e in root.iterdir() if (m := _VERSION.match(e.name))]
@@ -136,11 +163,8 @@ def publish_version(
             manifest["version"] = number
             write_json(tmp / "manifest.json", manifest)
             try:
-                os.rename(tmp, target)  # fails if another ingestion took this number first
+                os.rename(tmp, target)  # fails if another publisher took this number first
                 return CorpusVersion(name, number, target)
             except OSError:
                 if not target.exists():
                     raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)

@@ -4,12 +4,14 @@
     summary = ingest(["../shared/corpora"], "demo", home=albert_home(), cfg=IngestConfig())
 
 Steps: resolve the paths into sources (`data_jobs.sources`), read them with Ray Data into one stream of documents,
-quarantined items and per-source counts, materialise it, then two passes on the driver: (1) merge the counts and
-pick, for every content hash, the document that is kept (the smallest (source, position); hashes already in an
-earlier version of the corpus are not new); (2) inside `publish_version`'s build folder, stream the kept
-documents into `docs-00000.parquet`, … (a new file every ~64 MB) and every quarantined item into
-`quarantine.parquet`. A version holds only the documents new to the corpus, with the previous version as its
-parent (the corpus is the union of its versions); a run that finds no new document publishes nothing and says so.
+quarantined items and per-source counts, materialise it, then, holding the corpus lock (concurrent ingestions of
+one corpus read in parallel and take turns from here, each deduplicating against and descending from the versions
+published before it), two passes on the driver: (1) merge the counts and pick, for every content hash, the
+document that is kept (the smallest (source, position); hashes already in an earlier version of the corpus are
+not new); (2) inside `publish_version`'s build folder, stream the kept documents into `docs-00000.parquet`, …
+(a new file every ~64 MB) and every quarantined item into `quarantine.parquet`. A version holds only the documents
+new to the corpus, with the previous version as its parent (the corpus is the union of its versions); a run that
+finds no new document publishes nothing and says so.
 
 Nothing is dropped silently: per source `lines_in = lines_accepted + lines_quarantined + separators`, and
 `documents_in = new_documents + duplicates_within + duplicates_previous`, both in the manifest and the summary.
@@ -31,7 +33,15 @@ import pyarrow.parquet as pq
 import ray
 
 from albert_core.errors import UserError
-from data_jobs.corpus import DOCS_SCHEMA, QUARANTINE_SCHEMA, CorpusVersion, list_versions, publish_version
+from data_jobs.corpus import (
+    DOCS_SCHEMA,
+    QUARANTINE_SCHEMA,
+    CorpusVersion,
+    corpus_lock,
+    corpus_root,
+    list_versions,
+    publish_version,
+)
 from data_jobs.layouts import COUNTS, DOC, LAYOUTS, QUARANTINE
 from data_jobs.ray_runtime import ensure_ray
 from data_jobs.sources import Plan, read_items, resolve_sources
@@ -94,21 +104,23 @@ def ingest(
     """
     started = time.perf_counter()
     cfg = cfg.validated()
-    previous = list_versions(home, corpus)  # also validates the corpus name
+    corpus_root(home, corpus)  # validates the name before any work
     plan = resolve_sources(paths, cfg.format)
     ensure_ray()
     items = read_items(plan, cfg).materialize()
-    tally = tally_items(items, plan, previous_hashes(previous))
-    parent = previous[-1] if previous else None
     written: dict[str, int] = {}
     version = None
-    if tally.winners:
+    with corpus_lock(home, corpus):
+        previous = list_versions(home, corpus)
+        tally = tally_items(items, plan, previous_hashes(previous))
+        parent = previous[-1] if previous else None
+        if tally.winners:
 
-        def build(folder: Path) -> dict[str, Any]:
-            written.update(write_version(folder, items, tally))
-            return manifest_body(paths, plan, cfg, tally, written)
+            def build(folder: Path) -> dict[str, Any]:
+                written.update(write_version(folder, items, tally))
+                return manifest_body(paths, plan, cfg, tally, written)
 
-        version = publish_version(home, corpus, build, parent=parent)
+            version = publish_version(home, corpus, build, parent=parent)
     summary = summarize(corpus, plan, tally, written, version, parent)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary

@@ -174,7 +174,7 @@ def train_tokenizer(
     its sha256, so they are not silently mixed up with the new one).
     """
     started = time.perf_counter()
-    name = name or corpus
+    name = corpus if name is None else name
     target = tokenizer_dir(home, name)
     if target.exists() and not (target / MANIFEST).is_file():
         raise UserError(f"{target} exists but is not a trained tokenizer; remove it or choose another --name")

@@ -111,6 +111,22 @@ def cmd_shards_build(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home
+    from data_jobs.verify import verify_corpus, verify_shards, verify_tokenizer
+
+    home = albert_home(args.home)
+    if args.verify_command == "corpus":
+        result = verify_corpus(home, args.name, args.version)
+    elif args.verify_command == "shards":
+        result = verify_shards(home, args.name)
+    else:
+        result = verify_tokenizer(home, args.name)
+    if not result.ok:
+        print(f"albert: error: {result.failure()}", file=sys.stderr)
+    return result.to_dict()
+
+
 TRAIN_FLAGS = ("shards", "preset", "workers", "max_steps", "batch_size", "grad_accum", "lr", "optimizer",
                "precision", "eval_every", "checkpoint_every", "seed", "model_name")  # fmt: skip
 
@@ -121,6 +137,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from training.run import train
 
     home = albert_home(args.home)
+    _model_name(args.model_name)
     given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if (
         args.config_json
@@ -133,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         given["compile"] = True
     if args.gpu:
         given["use_gpu"] = True
-    if args.resume:  # continue with the run's own config; flags given now override it (e.g. --max-steps)
+    if args.resume is not None:  # continue the run with its own config; flags given now override it
         base = read_json(home / "runs" / validate_name(args.resume, "run name") / "run.json")["config"]
         cfg = TrainConfig.from_dict({**base, **given})
     else:
@@ -164,15 +181,25 @@ def _registry(args: argparse.Namespace) -> Any:
     return home
 
 
+def _model_name(name: str | None) -> None:
+    """Refuse a model name that could be a path before any service is contacted (it names lock files)."""
+    from albert_core.storage import validate_name
+
+    if name is not None:
+        validate_name(name, "model name")
+
+
 def cmd_models_list(args: argparse.Namespace) -> dict[str, Any]:
     from training.promotion import list_models
 
+    _model_name(args.name)
     return {"models": list_models(_registry(args), args.name)}
 
 
 def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
     from flows.pipeline import promote_flow
 
+    _model_name(args.model_name)
     if args.force and not args.reason:
         raise UserError("--force needs --reason TEXT: the override is recorded with the decision")
     home = _registry(args)
@@ -184,6 +211,7 @@ def cmd_promote(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_rollback(args: argparse.Namespace) -> dict[str, Any]:
     from training.promotion import rollback
 
+    _model_name(args.model_name)
     return rollback(args.model_name, home=_registry(args), reason=args.reason)
 
 
@@ -288,6 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="parallel build tasks (default: one per core)")
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    verify = sub.add_parser(
+        "verify", help="re-check files against their manifest (sha256, Parquet rows); exit 1 if any differ"
+    ).add_subparsers(dest="verify_command", required=True)
+    for what, name_help in (
+        ("corpus", "corpus name"),
+        ("shards", "shard id from `albert shards build`"),
+        ("tokenizer", "tokenizer name"),
+    ):
+        p = command(verify, what, cmd_verify, f"check every file of a {what} against its manifest")
+        p.add_argument("name", metavar="NAME" if what != "shards" else "ID", help=name_help)
+        if what == "corpus":
+            p.add_argument("--version", type=int, help="one version (default: every version)")
+        p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p = command(sub, "train", cmd_train, "pretrain ALBERT on shards with Ray Train DDP, tracked in MLflow")
     p.add_argument("--shards", help="shard id from `albert shards build`")
@@ -411,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(result, sort_keys=True, default=str))
     else:
         print(_human(result))
-    return 1 if args.command == "doctor" and not result["ok"] else 0
+    return 1 if args.command in ("doctor", "verify") and not result["ok"] else 0
 
 
 def _human(result: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Literal, get_args
 
 from albert_core.config import PRESETS
 from albert_core.errors import UserError
+from albert_core.storage import validate_name
 
 Optimizer = Literal["lamb", "adamw"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -49,6 +50,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+        if self.model_name is not None:
+            validate_name(self.model_name, "model name")
         for name in ("workers", "batch_size", "grad_accum", "max_steps", "eval_every", "log_every",
                      "checkpoint_every", "keep_checkpoints", "shuffle_buffer"):  # fmt: skip
             value = getattr(self, name)

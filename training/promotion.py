@@ -43,11 +43,8 @@ record. Anything that moves the alias without this module (the MLflow UI) is out
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
-import os
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -63,7 +60,7 @@ import torch
 
 from albert_core.checkpoint import load_model
 from albert_core.errors import UserError
-from albert_core.storage import sha256_file, validate_name
+from albert_core.storage import exclusive_lock, sha256_file, validate_name
 from albert_core.tokenizer import SentencePieceTokenizer
 from data_jobs.shards import ShardsConfig, load_manifest, row_schema, shards_dir
 from training.batches import STATS, batch_spec, batch_stats, summarize, to_model_inputs
@@ -244,31 +241,10 @@ class PromotionPolicy:
 
 @contextlib.contextmanager
 def promotion_lock(home: Path, model_name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[Path]:
-    """Hold the exclusive lock on `<home>/locks/promote-<model_name>.lock` (fcntl.flock; released by the kernel
-    if the process dies). The file is never removed: unlinking a lock file races with processes waiting on it."""
+    """Hold the exclusive lock on `<home>/locks/promote-<model_name>.lock` while a decision is made."""
     path = Path(home) / "locks" / f"promote-{validate_name(model_name, 'model name')}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout_s
-    with open(path, "a+") as f:
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise UserError(
-                        f"another promotion or rollback of {model_name} has held {path} for over {timeout_s:g} s "
-                        f"({path.read_text().strip() or 'holder unknown'}); try again later"
-                    ) from None
-                time.sleep(0.05)
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")  # for people
-            f.flush()
-            yield path
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with exclusive_lock(path, f"another promotion or rollback of {model_name}", timeout_s):
+        yield path
 
 
 # --- promote / rollback ------------------------------------------------------------------------------------------
