@@ -27,10 +27,9 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-BENCHMARKS := model_step sop_builder tokenize_job train_loader train_scaling learning_curve
-
+# Every benchmark in its own process, then benchmarks/results/summary.{json,md} and the README's figures.
 bench: setup
-	set -e; for b in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$b $(if $(QUICK),--quick,); done
+	$(BIN)/python -m benchmarks.suite $(if $(QUICK),--quick,)
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

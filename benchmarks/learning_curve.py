@@ -108,7 +108,9 @@ def plot(h: dict[str, dict[str, list[float]]], window: int, baseline: float, tit
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="150 steps instead of 600")
+    parser.add_argument(
+        "--quick", action="store_true", help="150 steps instead of 600, WikiText-2 valid only"
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--workers", type=int, default=TrainConfig.workers)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -118,7 +120,7 @@ def main() -> None:
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the temporary home's SQLite store
         os.environ.pop(var, None)
     with bench_home(args.home) as home:
-        shard_id = build_bench_shards(home, args.seq_len)["static"]
+        shard_id = build_bench_shards(home, args.seq_len, quick=args.quick)["static"]
         stats = load_manifest(home, shard_id)["statistics"]
         label_one = {split: label_one_share(home, shard_id, split) for split in ("train", "eval")}
         cfg = TrainConfig(shards=shard_id, preset="tiny", workers=args.workers, max_steps=steps,
@@ -143,9 +145,12 @@ def main() -> None:
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "learning_curve.json").write_text(
-        json.dumps({"setup": setup, "env": env, "final": final, "histories": h}, indent=2)
+        json.dumps(
+            {"setup": setup, "quick": args.quick, "env": env, "final": final, "histories": h}, indent=2
+        )
     )
-    title = (f"tiny ALBERT, WikiText-2 valid + 4 Gutenberg books: {steps} steps x {cfg.batch_size} sequences "
+    text = "WikiText-2 valid" if args.quick else "WikiText-2 valid + 4 Gutenberg books"
+    title = (f"tiny ALBERT, {text}: {steps} steps x {cfg.batch_size} sequences "
              f"of {args.seq_len}; eval on {setup['eval_sequences']} held-out sequences")  # fmt: skip
     plot(h, window, label_one["eval"], title, RESULTS / "learning_curve.png")
     best_sop = max(h[m.EVAL_SOP_ACC]["value"])

@@ -1,0 +1,173 @@
+"""The benchmark suite's summary: goals read from each benchmark's JSON, `met` flags, the README block.
+
+The benchmarks themselves are not run: small result files of the shapes they write stand in for them.
+"""
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from albert_core.errors import UserError
+from benchmarks import suite
+from benchmarks.demo import phases_from_log
+
+ENV = {"threads": 2, "cpus": 2, "load_avg_before": [1.5, 1.0, 0.5], "load_avg_after": [2.5, 1.2, 0.6]}
+README = """# project
+
+## Performance
+
+Some words the suite keeps.
+
+<!-- bench:start -->
+| benchmark | ratio |
+|---|---|
+| hand-written | 9.9x |
+<!-- bench:end -->
+
+## After
+
+Kept too.
+"""
+
+
+def spread(median: float, low: float, high: float) -> dict[str, float]:
+    return {"median": median, "min": low, "max": high}
+
+
+def row_spread(median: float, low: float, high: float) -> dict[str, float]:
+    return {"ratio": median, "ratio_min": low, "ratio_max": high}
+
+
+def step_row(preset: str, level: str, ratio: float) -> dict:
+    return {"preset": preset, "dtype": "fp32", "level": level, "batch": 8, "seq_len": 128, "reps": 7,
+            "ours_tokens_per_s": 1200.0 * ratio, "hf_tokens_per_s": 1200.0,
+            **row_spread(ratio, ratio - 0.1, ratio + 0.1)}  # fmt: skip
+
+
+RESULTS = {
+    "tokenize_job": {
+        "quick": True, "env": {**ENV, "threads": {"ours_w2": "2 actors x 1 thread"}},
+        "mb_per_s": {"ours_w2": spread(4.0, 3.5, 4.2), "spm_x_cores": spread(4.5, 4, 5), "hf": spread(2, 1.9, 2.1)},
+        "ratios": {"ours_vs_spm_x_cores": spread(0.89, 0.8, 0.95), "ours_vs_hf": spread(2.0, 1.8, 2.2)},
+    },
+    "sop_builder": {
+        "quick": True, "env": {**ENV, "builder_threads": 1},
+        "rows": [{"ours_instances_per_s": 4000.0, "port_instances_per_s": 400.0, "reps": 3,
+                  **row_spread(10.0, 9.0, 11.0)}],
+        "memory": {"rss_delta_bytes": 25_000_000, "arrow_bytes": 10_000_000, "parquet_bytes": 1_000_000},
+    },
+    "model_step": {
+        "quick": False, "env": ENV,
+        "rows": [step_row("tiny", "kernel", 1.0), step_row("tiny", "task", 3.0),
+                 step_row("base", "kernel", 0.9), step_row("base", "task", 1.1)],
+    },
+    "train_loader": {
+        "env": ENV,
+        "rows": [{"masking": m, "loader_samples_per_s": 500.0, "trainer_samples_per_s": 50.0,
+                  "loader_first_batch_s": 0.3, "reps": 3, **row_spread(10.0, 8.0, 12.0)} for m in ("static", "dynamic")],
+    },
+    "demo": {"quick": True, "env": ENV, "warmup_seconds": 80.0, "runs": {"quick": {"seconds": [60.0], "phases": {}}}},
+}  # fmt: skip
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> suite.Paths:
+    """A results folder holding the stand-in results (no train_scaling: not run) and a README with markers."""
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, data in RESULTS.items():
+        (results / f"{name}.json").write_text(json.dumps(data))
+    (tmp_path / "README.md").write_text(README)
+    return suite.Paths(results=results, readme=tmp_path / "README.md")
+
+
+def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> None:
+    summary = suite.write_summary(paths)
+    assert list(summary) == ["P1_spm", "P1_hf", "P2_speed", "P2_rss", "P3", "P4_static", "P4_dynamic",
+                             "P5_demo", "P5_demo_quick", "P6"]  # fmt: skip
+    assert json.loads((paths.results / "summary.json").read_text()) == summary
+
+    assert summary["P1_spm"]["ratio"] == spread(0.89, 0.8, 0.95) and summary["P1_spm"]["met"] is True
+    assert summary["P1_hf"]["met"] is False  # 2.0 < 4
+    assert summary["P1_hf"]["threads"] == {"ours_w2": "2 actors x 1 thread"}
+    assert summary["P1_hf"]["quick"] is True and summary["P1_hf"]["load"] == {"before": 1.5, "after": 2.5}
+    assert summary["P2_speed"]["met"] is True and summary["P2_speed"]["threads"] == 1  # 10 >= 10
+    # memory: at most 2x the output; 25 MB over 10 MB of Arrow rows is 2.5x
+    assert summary["P2_rss"]["ratio"]["median"] == pytest.approx(2.5) and summary["P2_rss"]["met"] is False
+    # P3 reads base at task level when base was measured, kernel level beside it
+    assert summary["P3"]["ratio"]["median"] == pytest.approx(1.1) and summary["P3"]["met"] is False
+    assert summary["P3"]["raw"]["preset"] == "base" and summary["P3"]["raw"]["kernel_level_ratio"] == 0.9
+    assert summary["P4_dynamic"]["met"] is True and summary["P4_dynamic"]["source"] == "train_loader.json"
+    # the demo: target / seconds, so 90 s / 60 s = 1.5 is met; a quick run has no full demo
+    assert summary["P5_demo_quick"]["ratio"]["median"] == pytest.approx(1.5)
+    assert summary["P5_demo_quick"]["met"] is True
+    assert summary["P5_demo"]["status"].startswith("not run") and summary["P5_demo"]["met"] is None
+    assert summary["P6"]["status"] == "not run" and summary["P6"]["ratio"] is None
+
+    md = (paths.results / "summary.md").read_text()
+    assert md.count("\n| P") == 10 and "**missed**" in md and "| P6 |" in md
+
+
+def test_failed_and_unreadable_benchmarks_are_not_trusted(paths: suite.Paths) -> None:
+    (paths.results / "train_scaling.json").write_text(json.dumps({"env": ENV, "result": {"ratio": 1.0}}))
+    summary = suite.write_summary(paths, failed={"model_step"})
+    assert summary["P3"]["status"] == "failed" and summary["P3"]["met"] is None  # its old JSON is stale
+    assert summary["P6"]["status"].startswith("unreadable (KeyError")
+
+
+def test_readme_block_is_replaced_and_the_rest_kept(paths: suite.Paths) -> None:
+    run = {"quick": True, "only": None, "cpus": 2, "seconds": 290.0,
+           "benchmarks": {"model_step": {"seconds": 12.0, "rc": 0}}}  # fmt: skip
+    suite.write_summary(paths, run=run)
+    text = paths.readme.read_text()
+    before, block = text.split(suite.START)
+    block, after = block.split(suite.END)
+    assert before == README.split(suite.START)[0] and after == README.split(suite.END)[1]
+    assert "hand-written" not in block
+    assert (
+        "| P3: training tokens/s >= 1.2x HF AlbertForPreTraining (fp32, task level) | >= 1.2 | 1.1 (1-1.2)"
+        in block
+    )
+    assert "| P6: " in block and "not run" in block
+    assert "`make bench` (some figures from `--quick` runs)" in block  # model_step was a full run
+    assert "2 cores, 4.8 min in all, 1-minute load 1.5-2.5" in block
+    assert json.loads((paths.results / "suite.json").read_text()) == run
+    assert "| model_step | 12 | 0 |" in (paths.results / "summary.md").read_text()
+
+    suite.write_summary(paths)  # again, from suite.json: the same README
+    assert paths.readme.read_text() == text
+
+
+def test_readme_without_markers_is_a_user_error(paths: suite.Paths) -> None:
+    paths.readme.write_text("# project\n\n## Performance\n")
+    with pytest.raises(UserError, match="bench:start"):
+        suite.write_summary(paths)
+
+
+def test_only_selects_the_benchmarks_of_the_goals_named() -> None:
+    names = lambda only, quick=False: [b.name for b in suite.select(only, quick)]  # noqa: E731
+    assert names(["P1"]) == ["tokenize_job"]
+    assert names(["P3", "P6"]) == ["model_step", "train_scaling"]
+    assert names(["P5_demo_quick", "train_curves"]) == ["train_curves", "demo"]
+    assert "learning_curve" not in names(None, quick=True) and "learning_curve" in names(None)
+    with pytest.raises(UserError, match="P9"):
+        suite.select(["P9"], quick=False)
+
+
+def test_demo_phases_from_prefect_log_lines() -> None:
+    log = """albert demo (quick): {...}
+18:17:48.217 | INFO    | Flow run 'fragrant-goshawk' - Beginning flow run 'fragrant-goshawk' for flow 'albert-pipeline'
+18:17:48.537 | INFO    | Flow run 'jasper-capybara' - Beginning subflow run 'jasper-capybara' for flow 'albert-ingest'
+2026-11-23 18:18:02,113	INFO streaming_executor.py:215 -- Starting execution of Dataset dataset_0
+18:18:13.484 | INFO    | Task run 'ingest_task-05f' - Finished in state Completed()
+18:18:23.611 | INFO    | Task run 'tokenizer_task-26b' - Finished in state Completed()
+18:18:31.137 | INFO    | Task run 'shards_task-fb1' - Finished in state Completed()
+18:19:30.910 | INFO    | Task run 'train_task-040' - Finished in state Completed()
+18:19:35.000 | INFO    | Task run 'promote_task-a1c' - Finished in state Completed()
+"""
+    launched = dt.datetime(2026, 11, 23, 18, 17, 30, 217000)
+    phases = phases_from_log(log, launched, launched + dt.timedelta(seconds=130))
+    assert phases == {"start-up": 18.0, "ingest": 25.3, "tokenizer": 10.1, "shards": 7.5, "train": 59.8,
+                      "promote": 4.1, "predict + shutdown": 5.2}  # fmt: skip
