@@ -31,6 +31,7 @@ class TrainState:
     batches_in_epoch: int = 0  # micro-batches consumed in the current epoch (the data position)
     tokens_seen: int = 0
     train_seconds: float = 0.0  # time in training steps (not evaluation or checkpoints), over all attempts
+    restarts: int = 0  # times Ray Train restarted the workers from a checkpoint after a failure
 
 
 def save_checkpoint(

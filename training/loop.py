@@ -8,6 +8,7 @@ Read top to bottom it is the recipe: config -> model -> optimizer and schedule -
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -111,6 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             state = load_checkpoint(Path(folder), model, optimizer, scheduler)
+        state.restarts += 1
     elif config.get("resume_from"):
         state = load_checkpoint(Path(config["resume_from"]), model, optimizer, scheduler)
     torch.manual_seed(cfg.seed * 1000 + rank + state.step)  # dropout differs by rank and step
@@ -122,9 +124,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")  # (4) this rank's streaming split of the shards
     eval_shard = ray.train.get_dataset_shard("eval")
 
-    tracker = (
-        m.MlflowTracker(config["tracking_uri"], config["mlflow_run_id"]) if rank == 0 else m.NullTracker()
-    )
+    tracker: m.Tracker = m.NullTracker()
+    if rank == 0:
+        for var, value in m.FAST_FAIL_ENV.items():  # this worker process's MLflow client only
+            os.environ.setdefault(var, value)
+        tracker = m.MlflowTracker(config["tracking_uri"], config["mlflow_run_id"],
+                                  spill_path=Path(config["metrics_spill_path"]), resume_step=state.step)  # fmt: skip
     data = micro_batches(train_shard, spec, cfg, state, rank)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     while state.step < cfg.max_steps:
@@ -173,7 +178,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 epoch=state.epoch,
                 tokens_seen=state.tokens_seen,
                 train_seconds=state.train_seconds,
+                restarts=state.restarts,
             )
+            tracker.checkpoint()  # no step up to this checkpoint may live only in memory
             with tempfile.TemporaryDirectory() as tmp:
                 ckpt = None
                 if rank == 0:

@@ -3,15 +3,24 @@
     runs/<run>/run.json            the run record: config, MLflow run id, attempts, latest checkpoint, final step
     runs/<run>/ray/<attempt>/      Ray Train storage (checkpoints, keep K)
     runs/<run>/model/              the final model folder (weights, config, tokenizer), logged to MLflow
+    runs/<run>/pending_metrics.jsonl  metrics the tracking server could not take (replayed when it can)
 
 Each call makes a new Ray Train run name (an existing name would silently resume, DESIGN pitfalls); `resume`
 continues a finished run for more steps in the same MLflow run.
+
+A worker that dies is restarted by Ray Train from the last checkpoint (`max_failures`); the summary counts those
+`restarts`. An unreachable tracking server does not stop training (see `training.tracking`); registering the model
+at the end needs it, so then `train` fails with one line saying so. Registration is not retried blindly (a new
+version is not idempotent): the model folder and run record are on disk, and resuming the run at its final step
+(`--resume RUN --max-steps N`) registers it and replays the spilled metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,8 +35,10 @@ from data_jobs.tokenizer_job import load_tokenizer
 from training.batches import batch_spec
 from training.config import TrainConfig
 from training.registry import configure_mlflow, get_or_create_experiment, log_and_register, tracking_uri
+from training.tracking import is_unavailable, replay_spilled
 
 EXPERIMENT = "albert-pretraining"
+METRICS_SPILL = "pending_metrics.jsonl"
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
@@ -37,6 +48,19 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
     else:
         out[prefix.rstrip(".")] = str(value)
     return out
+
+
+@contextlib.contextmanager
+def _needs_mlflow(uri: str, consequence: str) -> Iterator[None]:
+    """Turn "the tracking server does not answer" into one line saying what it means for this run."""
+    try:
+        yield
+    except Exception as e:
+        if not is_unavailable(e):
+            raise
+        raise UserError(
+            f"MLflow at {uri} is unreachable, so {consequence} ({str(e).splitlines()[0][:160]})"
+        ) from None
 
 
 def _new_run_name(preset: str) -> str:
@@ -82,6 +106,9 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
     if resume:
         run_dir = home / "runs" / validate_name(resume, "run name")
         record = read_json(run_dir / "run.json")
+        if cfg.max_steps == record["final_step"] and not record.get("registered", True):
+            # trained earlier, but the tracking server was unreachable when the model was to be registered
+            return _register(record, run_dir, cfg, tokenizer.sha256, uri, started)
         if cfg.max_steps <= record["final_step"]:
             raise UserError(
                 f"run {resume} already reached step {record['final_step']}; ask for more --max-steps"
@@ -91,14 +118,15 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
     else:
         run_name, resume_from = _new_run_name(cfg.preset), None
         run_dir = home / "runs" / run_name
-        experiment_id = get_or_create_experiment(EXPERIMENT, home)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active:
-            mlflow_run_id = active.info.run_id
-            mlflow.log_params(_flatten("", {"train": cfg.to_dict(), "model": model_cfg.to_dict()}, {}))
-            mlflow.set_tags({"shards": cfg.shards, "corpus": str(manifest.get("corpus")),
-                             "tokenizer": manifest["tokenizer"]["name"],
-                             "tokenizer_sha256": tokenizer.sha256, "preset": cfg.preset})  # fmt: skip
-            _log_lineage(mlflow, cfg.shards, manifest, home / "shards" / cfg.shards)
+        with _needs_mlflow(uri, "the run cannot start"):
+            experiment_id = get_or_create_experiment(EXPERIMENT, home)
+            with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active:
+                mlflow_run_id = active.info.run_id
+                mlflow.log_params(_flatten("", {"train": cfg.to_dict(), "model": model_cfg.to_dict()}, {}))
+                mlflow.set_tags({"shards": cfg.shards, "corpus": str(manifest.get("corpus")),
+                                 "tokenizer": manifest["tokenizer"]["name"],
+                                 "tokenizer_sha256": tokenizer.sha256, "preset": cfg.preset})  # fmt: skip
+                _log_lineage(mlflow, cfg.shards, manifest, home / "shards" / cfg.shards)
         record = {"run_name": run_name, "mlflow_run_id": mlflow_run_id, "attempts": [], "final_step": 0}
     run_dir.mkdir(parents=True, exist_ok=True)
     attempt = f"attempt-{len(record['attempts']) + 1}"
@@ -116,6 +144,7 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
             "spec": spec,
             "tracking_uri": uri,
             "mlflow_run_id": mlflow_run_id,
+            "metrics_spill_path": str(run_dir / METRICS_SPILL),
             "resume_from": resume_from,
         },
         # One Ray CPU per worker; the local runtime advertises 2 per core, so Ray Data keeps CPUs to feed them.
@@ -144,37 +173,52 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
 
     model_dir = run_dir / "model"
     with result.checkpoint.as_directory() as folder:
-        record.update(latest_checkpoint=str(result.checkpoint.path), final_step=final_step)
         if model_dir.exists():
             shutil.rmtree(model_dir)
         save_model(load_model(Path(folder) / "model"), model_dir, tokenizer_dir=tok_manifest["path"])
-    write_json(run_dir / "run.json", record)
-
-    registered = log_and_register(
-        model_dir,
-        run_id=mlflow_run_id,
-        model_name=cfg.registered_model_name,
-        tags={
-            "shards": cfg.shards,
-            "run_name": run_name,
-            "final_step": str(final_step),
-            "tokenizer_sha256": tokenizer.sha256,
-        },  # fmt: skip
-    )
-    final = {k: v for k, v in metrics.items() if k.startswith(("eval_", "loss", "mlm_", "sop_"))}
-    return {
+    summary = {
         "run_id": mlflow_run_id,
         "run_name": run_name,
         "final_step": final_step,
-        "metrics": final,
+        "metrics": {k: v for k, v in metrics.items() if k.startswith(("eval_", "loss", "mlm_", "sop_"))},
         # the whole run's rate (all attempts), not the last step's
         "tokens_per_second": round(metrics["tokens_seen"] / max(metrics["train_seconds"], 1e-9), 1),
         "ranks_in_sync": bool(metrics.get("ranks_in_sync", 1.0)),
+        "restarts": int(metrics.get("restarts", 0)),
         "model_dir": str(model_dir),
         "tracking_uri": uri,
-        **registered,
-        "seconds": round(time.perf_counter() - started, 1),
     }
+    record.update(latest_checkpoint=str(result.checkpoint.path), final_step=final_step, summary=summary,
+                  registered=False)  # fmt: skip
+    write_json(run_dir / "run.json", record)
+    return _register(record, run_dir, cfg, tokenizer.sha256, uri, started)
+
+
+def _register(
+    record: dict[str, Any], run_dir: Path, cfg: TrainConfig, tokenizer_sha256: str, uri: str, started: float
+) -> dict[str, Any]:
+    """Replay metrics spilled during an outage, register the run's model folder; return the summary."""
+    summary, run_name = record["summary"], record["run_name"]
+    step, model_dir = record["final_step"], summary["model_dir"]
+    consequence = (f"run {run_name} (trained to step {step}, model in {model_dir}) is not registered; when MLflow "
+                   f"is back, `albert train --resume {run_name} --max-steps {step}` registers it")  # fmt: skip
+    with _needs_mlflow(uri, consequence):
+        spill = run_dir / METRICS_SPILL
+        if spill.is_file():
+            replay_spilled(uri, record["mlflow_run_id"], spill)
+        registered = log_and_register(
+            Path(model_dir),
+            run_id=record["mlflow_run_id"],
+            model_name=cfg.registered_model_name,
+            tags={
+                "shards": cfg.shards,
+                "run_name": run_name,
+                "final_step": str(step),
+                "tokenizer_sha256": tokenizer_sha256,
+            },  # fmt: skip
+        )
+    write_json(run_dir / "run.json", {**record, "registered": True})
+    return {**summary, **registered, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def _eval_split(home: Path, cfg: TrainConfig) -> Any:
