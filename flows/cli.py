@@ -347,7 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--model-name", help="registered model name (default albert-<preset>)")
-    p.add_argument("--resume", metavar="RUN", help="continue a finished run (same MLflow run) for more steps")
+    p.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue a run (same MLflow run) for more steps; at its final step, register a model that could not be "
+        "registered and replay its pending metrics",
+    )
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p.add_argument("--config-json", help="a whole training config as JSON (flags given beside it win)")
