@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import NamedTuple
@@ -153,16 +154,51 @@ class MaskedLm(NamedTuple):
 # --- randomness --------------------------------------------------------------------------------------------------
 
 
+def _entropy(seed: int, doc_id: str, pass_index: int) -> int:
+    # blake2b, not Python's `hash()` (salted per process), so every worker and every run derives the same streams.
+    key = f"{seed}\x00{pass_index}\x00{doc_id}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=32).digest(), "little")
+
+
 def document_rngs(seed: int, doc_id: str, pass_index: int) -> tuple[np.random.Generator, np.random.Generator]:
     """Independent generators for pair building and for masking, keyed by (seed, document id, pass).
 
-    blake2b, not Python's `hash()` (salted per process), so every worker and every run derives the same streams.
-    Masking has its own stream so pairs are identical with static and dynamic masking.
+    Masking has its own stream so pairs are identical with static and dynamic masking. The builder gets the same
+    streams from `_reused_rngs`, without building generators.
     """
-    key = f"{seed}\x00{pass_index}\x00{doc_id}".encode()
-    entropy = int.from_bytes(hashlib.blake2b(key, digest_size=32).digest(), "little")
-    pairs, masking = np.random.SeedSequence(entropy).spawn(2)
+    pairs, masking = np.random.SeedSequence(_entropy(seed, doc_id, pass_index)).spawn(2)
     return np.random.Generator(np.random.PCG64(pairs)), np.random.Generator(np.random.PCG64(masking))
+
+
+_PCG_MULT = 0x2360ED051FC65DA44385DF649FCCF645  # PCG_DEFAULT_MULTIPLIER_128
+_U128 = (1 << 128) - 1
+
+
+def _pcg64_state(seq: np.random.SeedSequence) -> dict:
+    """The state `np.random.PCG64(seq)` starts in (numpy's `pcg64_set_seed`: pcg_setseq_128_srandom_r on
+    `seq.generate_state(4, uint64)`), computed instead of built: constructing two bit generators per document
+    pass cost more than that pass's instances (profiled)."""
+    s0, s1, i0, i1 = (int(w) for w in seq.generate_state(4, np.uint64))
+    inc = ((((i0 << 64) | i1) << 1) | 1) & _U128
+    state = (inc + ((s0 << 64) | s1)) & _U128  # step from 0, add the initial state
+    state = (state * _PCG_MULT + inc) & _U128  # step
+    return {"bit_generator": "PCG64", "state": {"state": state, "inc": inc}, "has_uint32": 0, "uinteger": 0}
+
+
+_REUSED = threading.local()
+
+
+def _reused_rngs(seed: int, doc_id: str, pass_index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """The streams of `document_rngs` on this thread's two generators, whose states the next call overwrites:
+    only for a caller that is done with the previous pair (`_document_instances`)."""
+    if not hasattr(_REUSED, "rngs"):
+        _REUSED.rngs = (np.random.Generator(np.random.PCG64()), np.random.Generator(np.random.PCG64()))
+    entropy = _entropy(seed, doc_id, pass_index)
+    for k, rng in enumerate(
+        _REUSED.rngs
+    ):  # SeedSequence.spawn(2) gives children with spawn keys (0,) and (1,)
+        rng.bit_generator.state = _pcg64_state(np.random.SeedSequence(entropy, spawn_key=(k,)))
+    return _REUSED.rngs
 
 
 # --- other documents ---------------------------------------------------------------------------------------------
@@ -371,10 +407,13 @@ def _masked_lm(
         return ids.copy(), none, none
     budget = min(cfg.max_predictions, max(1, int(round(len(ids) * cfg.masked_lm_prob))))
     num_words = len(bounds) - 1
-    order = list(range(num_words))
-    rng.shuffle(order)  # the draws of `rng.permutation(num_words)`, without the array round trip
+    # Every draw in one call (numpy's per-call cost is most of the time at these sizes): a uniform key per word
+    # whose argsort is the visiting order (a uniform permutation), the n-gram size per visit, and three per
+    # masked position at most (80/10/10 choice, keep-or-random, the random id).
+    u = rng.random(2 * num_words + 3 * budget)
+    order = u[:num_words].argsort(kind="stable").tolist()
     # n-gram size of each visit, p(n) ∝ 1/n: `rng.choice(ngrams, size=num_words, p=p)` without its checks.
-    sizes = _ngram_cdf(cfg.max_ngram).searchsorted(rng.random(num_words), side="right").tolist()
+    sizes = _ngram_cdf(cfg.max_ngram).searchsorted(u[num_words : 2 * num_words], side="right").tolist()
     chosen = _choose_ngrams(bounds, order, sizes, budget)
 
     cand_list = cand.tolist()
@@ -382,16 +421,23 @@ def _masked_lm(
     for w, n in chosen:
         spans += cand_list[bounds[w] : bounds[w + n]]
     spans.sort()
-    positions = np.array(spans, dtype=np.int32)
-    labels = ids[positions].astype(np.int32, copy=False)
-    m = len(positions)
-    u = rng.random(2 * m)  # the draws of rng.random(m) twice, in one call
-    to_mask = u[:m] < 0.8
-    keep = u[m:] < 0.5
-    random_ids = rng.integers(0, special.vocab_size, m)  # the reference samples all vocab words, specials too
+    labels = ids[spans]
+    m = len(spans)
+    draws = u[2 * num_words : 2 * num_words + 3 * m].tolist()
+    vocab_size, mask = special.vocab_size, special.mask
+    # Plain Python on ~20 values beats numpy's where/fancy indexing; the random id is drawn from the whole
+    # vocabulary, specials too, as the reference does.
+    shown = [
+        mask
+        if draws[3 * k] < 0.8
+        else label
+        if draws[3 * k + 1] < 0.5
+        else int(draws[3 * k + 2] * vocab_size)
+        for k, label in enumerate(labels.tolist())
+    ]
     out = ids.copy()
-    out[positions] = np.where(to_mask, special.mask, np.where(keep, labels, random_ids))
-    return out, positions, labels
+    out[spans] = shown
+    return out, np.array(spans, dtype=np.int32), labels.astype(np.int32, copy=False)
 
 
 def _pad(values: np.ndarray, length: int, dtype: type) -> np.ndarray:
@@ -466,6 +512,23 @@ def document_instances(
     return _document_instances(doc_id, arrays, pass_index, cfg, special, table, other_document)
 
 
+def document_passes(
+    doc_id: str,
+    sentences: Sentences,
+    cfg: SopConfig,
+    special: SpecialIds,
+    word_start: np.ndarray,
+    other_document: OtherDocument | None = None,
+) -> Iterator[list[Instance]]:
+    """`document_instances` for passes 0 … dupe_factor - 1, checking and converting the document once."""
+    table = _check_table(word_start, special)
+    if cfg.single_sentence_negatives and other_document is None:
+        raise UserError("single_sentence_negatives is on: pass other_document (e.g. a DocumentPool)")
+    arrays = _as_arrays(sentences, special.vocab_size)
+    for pass_index in range(cfg.dupe_factor):
+        yield _document_instances(doc_id, arrays, pass_index, cfg, special, table, other_document)
+
+
 def _document_instances(
     doc_id: str,
     sentences: list[np.ndarray],
@@ -477,7 +540,7 @@ def _document_instances(
 ) -> list[Instance]:
     """`document_instances` on checked inputs (`_as_arrays`, `_check_table`), so `build_instances` checks and
     converts each document once, not once per pass."""
-    pair_rng, mask_rng = document_rngs(cfg.seed, doc_id, pass_index)
+    pair_rng, mask_rng = _reused_rngs(cfg.seed, doc_id, pass_index)
     other = other_document if cfg.single_sentence_negatives else None
     pairs, short = _sop_pairs(doc_id, sentences, cfg, pair_rng, other)
 

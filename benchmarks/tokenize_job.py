@@ -1,78 +1,76 @@
-"""Tokenize job throughput (issue 4, P1): `albert shards build` (`data_jobs.shards.build_shards`) vs raw
-SentencePiece × cores and vs Hugging Face `datasets.map`, in MB of sentence text per second (MB = 10^6 UTF-8 bytes
-of the documents' sentences, the `text_bytes` the shards manifest counts; the same bytes for every variant).
+"""Tokenize job throughput (issue 9, P1): the tokenize job (`data_jobs.tokenize.tokenize_corpus`: text -> token-id
+Parquet) vs raw SentencePiece x cores and vs Hugging Face `datasets.map` + `AlbertTokenizer` (tokenizers-backed)
+writing Parquet, in MB of sentence text per second (MB = 10^6 UTF-8 bytes of the documents' sentences, the
+`text_bytes` the manifests count; the same bytes for every variant). Plus scaling curves and peak memory.
 
 Input: WikiText-2 valid and zhwiki_bert_sampled from `../shared/corpora`, ingested once with
 `data_jobs.ingest.ingest` into a temporary ALBERT_HOME (corpus `real`), a 16000-piece tokenizer trained on it once
-with the tokenizer job, then published as a second corpus version (`bench`) that repeats those documents with ids
-suffixed `#r<k>` until ~8 MB (`--quick`: ~2 MB; the last copy is an evenly spaced subset, so both languages stay
-in proportion). Ingestion would drop the repeats as duplicates, hence the derived version. None of this is timed.
+with the tokenizer job, then published as derived corpus versions that repeat those documents with ids suffixed
+`#r<k>` until the wanted size (the last copy is an evenly spaced subset, so both languages stay in proportion).
+Ingestion would drop the repeats as duplicates, hence the derived versions. None of this is timed.
 
-Figures (each repetition runs every variant once, in rotating order, so machine noise hits all alike; medians
-and the min-max of per-repetition ratios; one untimed warm-up round first):
+Figures at the headline size (8 MB; `--quick` 2 MB); each repetition runs every variant once, in rotating order,
+after one untimed warm-up round; medians and the min-max of per-repetition ratios:
 
-- ours, workers N: `build_shards(..., workers=N)` end to end with static masking, dupe_factor 1, max_seq_len 128:
-  Ray Data reads the documents, the driver builds the ≤2000-document pool, an actor pool encodes (SentencePiece,
-  `cores // N` threads per actor), builds SOP pairs + n-gram masking and writes zstd Parquet, then the driver
-  renames the files and writes the manifest. The Ray runtime is already up (its start is reported apart); the
-  shards folder is deleted between runs, so nothing is reused. N = cores is what the CLI does by default.
-- (a) raw spm × cores: `SentencePieceProcessor.encode(sentences, num_threads=1)` on the same sentences in this
-  process, already through `preprocess_text` (untimed), so it makes exactly our ids; MB/s times the core count.
-  Only the C++ encode (and its Python lists) is timed: no reading, no SOP, no writing. An ideal, not a job.
-  It takes ~1 s, so each repetition keeps the median of 3 back-to-back encodes.
-- (b) HF: a fresh child process loads our saved tokenizer folder with `transformers.AlbertTokenizer` (the
-  `tokenizers`-backed one) and times `Dataset.from_parquet` (our docs files) → `map` (batched, num_proc = cores,
-  every document's sentences encoded without special tokens, cache off) → `to_parquet`. Encode only, no SOP; its
-  imports and tokenizer load are not timed (as Ray's start is not, for ours). TOKENIZERS_PARALLELISM=false, so
-  each of the num_proc processes uses one thread.
-- ours in process (no Ray): the same `ShardWorker` code called on the same blocks in this process with one
-  SentencePiece thread, its methods wrapped with timers, plus `build_pool` timed on its own. It splits the job
-  into encode (of which SentencePiece, `preprocess_text`, Arrow ↔ lists), SOP + masking, rows → Arrow, Parquet
-  write, sha256; "encode only" MB/s × cores comes from it. What ours at 1 worker spends beyond pool + in-process
-  work is split into the job's Ray Data pipeline run with no-op actors (read, actor pool, iteration: measured,
-  "ray_floor") and a residual (actor init, driver bookkeeping, contention).
+- ours, workers N: `tokenize_corpus(..., workers=N)` into a fresh `tokenized/` folder: plan units from Parquet
+  metadata, Ray Data tasks read + encode (SentencePiece batch, `cores // N` threads) + build Arrow lists from
+  offsets + write zstd Parquet, then sha256s, manifest and rename. Ray is already up (its start is reported
+  apart). N = cores is the headline (what the CLI does by default).
+- (a) raw spm x cores: `SentencePieceProcessor.encode(sentences, num_threads=1)` on the same, already
+  preprocessed sentences in this process, times the core count: only the C++ encode, no I/O. An ideal.
+- (b) HF: a fresh child process loads our saved tokenizer folder with `transformers.AlbertTokenizer` and times
+  `Dataset.from_parquet` (our docs files) -> `map` (batched, num_proc = cores, cache off) -> `to_parquet`.
+  Imports and tokenizer load untimed. TOKENIZERS_PARALLELISM=false (one thread per process).
+- shards end to end (a separate row, not part of P1): `build_shards(..., workers=cores)` with nothing built
+  (tokenize job + pool + SOP pairs + static masking + zstd Parquet), max_seq_len 128, dupe_factor 1.
+- Ray Data fixed cost: the tokenize job's plan (one item per unit) through `map_batches` with a no-op function,
+  as tasks (what the job uses) and as an actor pool of `cores` actors (what the shards job used before).
 
-Goals (issue 4): ours ≥ 0.8 × (a) and ≥ 4 × (b). When one is missed, the in-process worker is also run under
-cProfile and its hot spots are reported.
+Scaling: the tokenize job's MB/s and peak memory vs input size (1-32 MB; `--quick` 1-4 MB), and the shards job
+(SOP only: its tokenized input already built) peak memory vs size; memory is the peak of the summed RSS of this
+process and all its descendants (Ray's raylet, GCS and workers) sampled every 50 ms, minus that sum before the
+job (shared pages are counted once per process, so this over-states). Plot: results/tokenize_scaling.png.
 
-Run: `python -m benchmarks.tokenize_job [--quick]`. Writes benchmarks/results/tokenize_job.{json,md}.
+Goals: ours >= 0.8 x (a) and >= 4 x (b).
+
+Run: `python -m benchmarks.tokenize_job [--quick]`. Writes benchmarks/results/tokenize_job.{json,md} and
+benchmarks/results/tokenize_scaling.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import cProfile
 import json
 import os
 import platform
-import pstats
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import sentencepiece as spm
 
-from albert_core.tokenizer import SentencePieceTokenizer, preprocess_text
-from data_jobs import shards
+from albert_core.tokenizer import preprocess_text
+from data_jobs import tokenize
 from data_jobs.corpus import CorpusVersion, publish_version, resolve_version
 from data_jobs.ingest import ingest
 from data_jobs.ray_runtime import ensure_ray
-from data_jobs.shards import ShardsConfig, ShardWorker, build_pool, build_shards
+from data_jobs.shards import ShardsConfig, build_shards
 from data_jobs.tokenizer_job import TokenizerJobConfig, load_tokenizer, train_tokenizer
 
 RESULTS = Path(__file__).parent / "results"
@@ -107,6 +105,8 @@ def derive_corpus(home: Path, source: CorpusVersion, name: str, target_bytes: in
             share = remaining / per_doc.sum()
             k = np.arange(len(table) + 1)
             rows = table.take(np.flatnonzero(np.diff(np.floor(k * share)) > 0))
+            if not len(rows):  # less than a document left: done (an empty copy would never end the loop)
+                break
         suffix = pa.scalar(f"#r{len(copies)}")
         copies.append(rows.set_column(0, "id", pc.binary_join_element_wise(rows["id"], suffix, "")))
         remaining -= int(_doc_bytes(rows).sum())
@@ -153,37 +153,109 @@ def prepare(home: Path, target_bytes: int) -> dict[str, Any]:
 # --- variants ----------------------------------------------------------------------------------------------------
 
 
-def run_ours(home: Path, workers: int, cfg: ShardsConfig) -> dict[str, Any]:
-    """One end-to-end build into a fresh shards folder (the previous one is deleted first, untimed)."""
-    for old in (home / "shards").glob("*"):
-        shutil.rmtree(old)
+class PeakRss:
+    """Peak of the summed RSS of this process and its descendants (Ray's processes), above the sum at entry."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = self.baseline = 0
+        self._stop = threading.Event()
+
+    @staticmethod
+    def total() -> int:
+        me = psutil.Process()
+        rss = 0
+        for proc in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a worker that exited between listing and reading
+                rss += proc.memory_info().rss
+        return rss
+
+    def __enter__(self) -> PeakRss:
+        self.baseline = self.peak = self.total()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.total())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.total())
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.baseline
+
+
+def _fresh(home: Path, *folders: str) -> None:
+    for folder in folders:
+        for old in (home / folder).glob("*"):
+            shutil.rmtree(old)
+
+
+def run_tokenize(home: Path, corpus: str, workers: int, memory: bool = False) -> dict[str, Any]:
+    """One tokenize job into a fresh `tokenized/` folder (the previous one deleted first, untimed)."""
+    _fresh(home, "tokenized")
+    tok, _ = load_tokenizer(home, TOKENIZER)
+    source = resolve_version(home, corpus)
+    with PeakRss() if memory else _NoPeak() as peak:
+        t0 = time.perf_counter()
+        manifest = tokenize.tokenize_corpus(home, source, tok, workers)
+        seconds = time.perf_counter() - t0
+    assert not manifest["reused"]
+    return {"seconds": seconds, "text_bytes": manifest["statistics"]["text_bytes"], "files": len(manifest["files"]),
+            "rss_delta_bytes": peak.delta, "rss_peak_bytes": peak.peak}  # fmt: skip
+
+
+def run_shards(home: Path, corpus: str, workers: int, cfg: ShardsConfig, *, fresh_tokens: bool,
+               memory: bool = False) -> dict[str, Any]:  # fmt: skip
+    """One shards build into a fresh `shards/` folder; `fresh_tokens` deletes the tokenized ids too (end to end)."""
+    _fresh(home, "shards", *(["tokenized"] if fresh_tokens else []))
+    with PeakRss() if memory else _NoPeak() as peak:
+        t0 = time.perf_counter()
+        summary = build_shards(corpus, TOKENIZER, home=home, workers=workers, cfg=cfg)
+        seconds = time.perf_counter() - t0
+    assert not summary["reused"]
+    return {"seconds": seconds, "text_bytes": summary["statistics"]["text_bytes"],
+            "instances": sum(summary["instances"].values()), "rss_delta_bytes": peak.delta,
+            "rss_peak_bytes": peak.peak}  # fmt: skip
+
+
+class _NoPeak:
+    delta = peak = 0
+
+    def __enter__(self) -> _NoPeak:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _noop(batch: pa.Table) -> pa.Table:
+    return pa.table({"rows": [batch.num_rows]})
+
+
+class _NoOpActor:
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _noop(batch)
+
+
+def run_ray_floor(units: list[tokenize.Unit], cores: int, actors: bool) -> dict[str, Any]:
+    """The tokenize job's Ray Data pipeline (one item per unit, batch_size 1) with a no-op: tasks or an actor pool."""
     t0 = time.perf_counter()
-    summary = build_shards("bench", TOKENIZER, home=home, workers=workers, cfg=cfg)
-    seconds = time.perf_counter() - t0
-    assert not summary["reused"], "a build was reused: the shards folder was not fresh"
-    stats = summary["statistics"]
-    return {"seconds": seconds, "text_bytes": stats["text_bytes"], "instances": sum(summary["instances"].values()),
-            "files": summary["files"]}  # fmt: skip
-
-
-class _NoOpWorker:
-    """Stands in for `ShardWorker`: the same read and actor pool, no work, one small row back per block."""
-
-    def __call__(self, block: pa.Table) -> pa.Table:
-        return pa.table({"rows": [block.num_rows]})
-
-
-def run_ray_floor(files: list[str], workers: int) -> dict[str, Any]:
-    """What Ray Data costs before any work: `_run_workers`' pipeline (read, actor pool sized by the job's own
-    `_resources`, iteration) with a no-op actor."""
-    n, cpus, _ = shards._resources(workers)
-    t0 = time.perf_counter()
-    ds = ray.data.read_parquet(files, columns=["id", "sentences"]).map_batches(
-        _NoOpWorker, batch_format="pyarrow", batch_size=None, compute=ray.data.ActorPoolStrategy(size=n),
-        num_cpus=cpus,
-    )  # fmt: skip
+    plan = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
+    if actors:
+        ds = plan.map_batches(_NoOpActor, batch_format="pyarrow", batch_size=1,
+                              compute=ray.data.ActorPoolStrategy(size=cores), num_cpus=1)  # fmt: skip
+    else:
+        ds = plan.map_batches(_noop, batch_format="pyarrow", batch_size=1,
+                              compute=ray.data.TaskPoolStrategy(size=cores), num_cpus=1)  # fmt: skip
     rows = sum(sum(t["rows"].to_pylist()) for t in ds.iter_batches(batch_format="pyarrow", batch_size=None))
-    return {"seconds": time.perf_counter() - t0, "rows": rows}
+    assert rows == len(units)
+    return {"seconds": time.perf_counter() - t0, "units": rows}
 
 
 def run_spm(sp: spm.SentencePieceProcessor, sentences: list[str], inner: int = 3) -> dict[str, Any]:
@@ -255,94 +327,6 @@ def run_hf(files: list[str], tokenizer_dir: str, num_proc: int, check: list | No
     return result
 
 
-# --- ours in process: the breakdown ------------------------------------------------------------------------------
-
-
-class Phases:
-    """Exclusive wall time per label of wrapped functions: a wrapped call inside another is charged to its own
-    label, not to its caller's."""
-
-    def __init__(self) -> None:
-        self.seconds: Counter[str] = Counter()
-        self._inner: list[float] = []
-
-    def wrap(self, fn: Callable, label: str) -> Callable:
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            self._inner.append(0.0)
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                dt = time.perf_counter() - t0
-                self.seconds[label] += dt - self._inner.pop()
-                if self._inner:
-                    self._inner[-1] += dt
-
-        return timed
-
-
-# (owner, attribute, phase): the worker's call path, outermost first.
-PHASES = (
-    (ShardWorker, "_encode", "encode: Arrow <-> lists, regroup"),
-    (SentencePieceTokenizer, "encode", "encode: preprocess_text"),
-    (spm.SentencePieceProcessor, "encode", "encode: SentencePiece"),
-    (ShardWorker, "_build", "SOP pairs + masking"),
-    (shards._SplitWriter, "_flush", "rows -> Arrow (np.stack, counts)"),
-    (pq.ParquetWriter, "write_batch", "Parquet write (zstd)"),
-    (pq.ParquetWriter, "close", "Parquet write (zstd)"),
-    (shards, "sha256_file", "sha256 of written files"),
-)
-
-
-@contextlib.contextmanager
-def _timed_phases() -> Iterator[Phases]:
-    phases = Phases()
-    with contextlib.ExitStack() as stack:
-        for owner, name, label in PHASES:
-            stack.enter_context(mock.patch.object(owner, name, phases.wrap(getattr(owner, name), label)))
-        yield phases
-
-
-def run_in_process(
-    files: list[str], blocks: list[pa.Table], tok: SentencePieceTokenizer, cfg: ShardsConfig, threads: int
-) -> dict[str, Any]:
-    """`build_pool` timed alone, then one `ShardWorker` (no Ray) over the same blocks Ray Data gives the actors."""
-    t0 = time.perf_counter()
-    pool = build_pool(files, tok, cfg)
-    pool_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory(prefix="p1-inproc-") as tmp, _timed_phases() as phases:
-        worker = ShardWorker(tok, ray.put(pool), cfg, tmp, threads)
-        t0 = time.perf_counter()
-        for block in blocks:
-            worker(block)
-        worker_s = time.perf_counter() - t0
-    seconds = dict(phases.seconds)
-    seconds["other (held_out hash, counts, loop)"] = worker_s - sum(seconds.values())
-    return {"seconds": pool_s + worker_s, "pool_s": pool_s, "worker_s": worker_s, "phases": seconds}
-
-
-def profile_worker(
-    files: list[str], blocks: list[pa.Table], tok: SentencePieceTokenizer, cfg: ShardsConfig
-) -> list[dict[str, Any]]:
-    """cProfile of the in-process worker over every block (1 SentencePiece thread): top functions by own time."""
-    pool = build_pool(files, tok, cfg)
-    with tempfile.TemporaryDirectory(prefix="p1-prof-") as tmp:
-        worker = ShardWorker(tok, ray.put(pool), cfg, tmp, 1)
-        profile = cProfile.Profile()
-        profile.enable()
-        for block in blocks:
-            worker(block)
-        profile.disable()
-    stats = pstats.Stats(profile)
-    total = stats.total_tt
-    rows = []
-    for (path, line, func), (_, ncalls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
-        where = f"{Path(path).parent.name}/{Path(path).name}:{line}" if line else path
-        rows.append({"function": f"{where}({func})", "ncalls": ncalls, "tottime_s": round(tottime, 3),
-                     "cumtime_s": round(cumtime, 3), "own_share": round(tottime / total, 3)})  # fmt: skip
-    return sorted(rows, key=lambda r: -r["tottime_s"])[:PROFILE_ROWS]
-
-
 # --- main ------------------------------------------------------------------------------------------------------
 
 
@@ -368,10 +352,11 @@ def environment(cores: int, worker_counts: list[int]) -> dict[str, Any]:
         "cores_used": cores, **{p: _version(p) for p in packages},
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_avg_before": _load(),
         "threads": {
-            **{f"ours_w{n}": f"{n} actor(s) x {max(1, cores // n)} SentencePiece thread(s)" for n in worker_counts},
+            **{f"ours_w{n}": f"{n} task(s) x {max(1, cores // n)} SentencePiece thread(s)" for n in worker_counts},
             "spm": "1 thread (x cores by arithmetic)", "hf": f"num_proc {cores}, TOKENIZERS_PARALLELISM=false",
-            "in_process": "1 SentencePiece thread",
+            "shards_e2e": f"{cores} task(s)",
         },
+        "unit_bytes": tokenize.UNIT_BYTES,
     }  # fmt: skip
 
 
@@ -387,66 +372,115 @@ def run_reps(variants: dict[str, Callable[[], dict[str, Any]]], reps: int, text_
             result = variants[name]()
             if rep >= 0:
                 runs[name].append(result)
-            print(f"rep {rep:2d} {name:12s} {text_bytes / result['seconds'] / MB:7.2f} MB/s "
-                  f"({result['seconds']:.1f} s) load {_load()}", file=sys.stderr, flush=True)  # fmt: skip
+            print(f"rep {rep:2d} {name:18s} {text_bytes / result['seconds'] / MB:7.2f} MB/s "
+                  f"({result['seconds']:.2f} s) load {_load()}", file=sys.stderr, flush=True)  # fmt: skip
     return {"runs": runs, "load_avg_per_rep": load}
 
 
 def summarize(runs: dict[str, list[dict[str, Any]]], text_bytes: int, cores: int) -> dict[str, Any]:
-    """MB/s per figure, per-repetition ratios, goals, and the breakdown of ours at one worker."""
     mbps = {name: [text_bytes / r["seconds"] / MB for r in rs] for name, rs in runs.items()}
     mbps["spm_x_cores"] = [v * cores for v in mbps["spm"]]
-    inproc = runs["in_process"]
-    encode_s = [sum(v for k, v in r["phases"].items() if k.startswith("encode")) for r in inproc]
-    mbps["ours_encode_only_x_cores"] = [text_bytes / s / MB * cores for s in encode_s]
-    ours = f"ours_w{cores}"
+    mbps["ours"] = mbps[f"ours_w{cores}"]
 
     def ratio(a: str, b: str) -> dict[str, float]:
         return _median_range([x / y for x, y in zip(mbps[a], mbps[b], strict=True)])
 
     ratios = {
-        "ours_vs_spm_x_cores": ratio(ours, "spm_x_cores"),
-        "ours_vs_hf": ratio(ours, "hf"),
-        "ours_w1_vs_hf": ratio("ours_w1", "hf"),
-        "ours_in_process_1_core_vs_hf": ratio("in_process", "hf"),
-        "ours_encode_only_vs_spm_x_cores": ratio("ours_encode_only_x_cores", "spm_x_cores"),
-        "ours_encode_only_vs_hf": ratio("ours_encode_only_x_cores", "hf"),
+        "ours_vs_spm_x_cores": ratio("ours", "spm_x_cores"),
+        "ours_vs_hf": ratio("ours", "hf"),
+        "ours_w1_vs_spm": ratio("ours_w1", "spm"),
         "hf_vs_spm_x_cores": ratio("hf", "spm_x_cores"),
-        "ours_w2_vs_w1": ratio("ours_w2", "ours_w1"),
+        "shards_e2e_vs_hf": ratio("shards_e2e", "hf"),
     }
     goal_met = {"ours_vs_spm_x_cores": ratios["ours_vs_spm_x_cores"]["median"] >= 0.8,
                 "ours_vs_hf": ratios["ours_vs_hf"]["median"] >= 4}  # fmt: skip
-
-    def median(variant: str, key: str = "seconds") -> float:
-        return statistics.median(r[key] for r in runs[variant])
-
-    pool_s, worker_s, w1_s, floor_s = median("in_process", "pool_s"), median("in_process", "worker_s"), \
-        median("ours_w1"), median("ray_floor_w1")  # fmt: skip
-    phases = {k: statistics.median(r["phases"][k] for r in inproc) for k in inproc[0]["phases"]}
-    parts = {
-        "pool (driver: Ray Data pass + encode of <=2000 docs)": pool_s,
-        **phases,
-        "Ray Data read + actor pool with no-op actors (measured)": floor_s,
-        "rest: actor init, driver bookkeeping, contention (residual)": w1_s - pool_s - worker_s - floor_s,
+    return {
+        "goal_met": goal_met,
+        "mb_per_s": {k: _median_range(v) for k, v in mbps.items()},
+        "ratios": ratios,
     }
-    breakdown = {
-        "ours_w1_seconds": w1_s,
-        "in_process_worker_seconds": worker_s,
-        "ours_default_seconds": median(ours),
-        "ideal_default_seconds": pool_s + worker_s / cores,  # pool, then the worker's time shared by `cores`
-        "parts": {k: {"seconds": round(v, 3), "share_of_w1": round(v / w1_s, 3),
-                      "mb_per_s_alone": round(text_bytes / v / MB, 2) if v > 0 else None}
-                  for k, v in parts.items()},
-    }  # fmt: skip
-    figures = {name: _median_range(values) for name, values in mbps.items()}
-    return {"goal_met": goal_met, "mb_per_s": figures, "ratios": ratios, "breakdown": breakdown}
+
+
+def scaling(home: Path, real: CorpusVersion, sizes: list[int], reps: int, cores: int,
+            cfg: ShardsConfig) -> list[dict[str, Any]]:  # fmt: skip
+    """Per input size: tokenize MB/s and peak memory, and the shards job's (SOP only) peak memory."""
+    rows = []
+    for mb in sizes:
+        name = f"size{mb}"
+        derived = derive_corpus(home, real, name, mb * int(MB))
+        tok_runs = [run_tokenize(home, name, cores, memory=True) for _ in range(reps)]
+        shard_runs = [
+            run_shards(home, name, cores, cfg, fresh_tokens=False, memory=True) for _ in range(reps)
+        ]
+        _fresh(home, "tokenized", "shards")
+        text = derived["text_bytes"]
+        row = {
+            "mb": mb, "text_bytes": text, "units": tok_runs[0]["files"],
+            "tokenize_mb_per_s": _median_range([text / r["seconds"] / MB for r in tok_runs]),
+            "shards_sop_mb_per_s": _median_range([text / r["seconds"] / MB for r in shard_runs]),
+            "tokenize_rss_delta_mb": statistics.median(r["rss_delta_bytes"] for r in tok_runs) / 2**20,
+            "shards_sop_rss_delta_mb": statistics.median(r["rss_delta_bytes"] for r in shard_runs) / 2**20,
+            "tokenize_rss_peak_mb": statistics.median(r["rss_peak_bytes"] for r in tok_runs) / 2**20,
+            "shards_sop_rss_peak_mb": statistics.median(r["rss_peak_bytes"] for r in shard_runs) / 2**20,
+        }  # fmt: skip
+        rows.append(row)
+        print(f"scaling {json.dumps(row)}", file=sys.stderr, flush=True)
+    return rows
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, f = result["scaling"], result["mb_per_s"]
+    mb = [r["mb"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    med = [r["tokenize_mb_per_s"]["median"] for r in rows]
+    err = [[m - r["tokenize_mb_per_s"]["min"] for m, r in zip(med, rows, strict=True)],
+           [r["tokenize_mb_per_s"]["max"] - m for m, r in zip(med, rows, strict=True)]]  # fmt: skip
+    ax.errorbar(mb, med, yerr=err, marker="o", capsize=3, label=f"tokenize job, {result['cores']} workers")
+    ax.errorbar(mb, [r["shards_sop_mb_per_s"]["median"] for r in rows], marker="s", capsize=3,
+                label="shards job, SOP only (tokenized reused)")  # fmt: skip
+    ax.axhline(f["spm_x_cores"]["median"], color="gray", ls="--", label="raw spm x cores (headline size)")
+    ax.axhline(f["hf"]["median"], color="red", ls=":", label="HF datasets.map (headline size)")
+    ax.set(xscale="log", xlabel="input MB of text", ylabel="MB/s", title="throughput vs input size")
+    ax.set_xticks(mb, [str(m) for m in mb])
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    workers = result["config"]["workers"]
+    for key, label in (("ours_w{}", "tokenize job"),):
+        values = [f[key.format(n)]["median"] for n in workers]
+        ax.plot(workers, values, marker="o", label=label)
+    ax.axhline(f["spm"]["median"], color="gray", ls="--", label="raw spm, 1 core")
+    ax.set(
+        xlabel="workers",
+        ylabel="MB/s",
+        title=f"tokenize job vs workers ({result['inputs']['bench']['text_bytes'] / MB:.1f} MB)",
+    )
+    ax.set_xticks(workers)
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    ax.plot(mb, [r["tokenize_rss_delta_mb"] for r in rows], marker="o", label="tokenize job")
+    ax.plot(mb, [r["shards_sop_rss_delta_mb"] for r in rows], marker="s", label="shards job (SOP only)")
+    ax.set(xscale="log", xlabel="input MB of text", ylabel="peak RSS growth, MB (driver + Ray processes)",
+           title="memory vs input size")  # fmt: skip
+    ax.set_xticks(mb, [str(m) for m in mb])
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="~2 MB of text, 2 repetitions")
+    parser.add_argument("--quick", action="store_true", help="2 MB headline, sizes 1-4 MB, 2 repetitions")
     parser.add_argument("--reps", type=int, default=None)
-    parser.add_argument("--mb", type=float, default=None, help="MB of text (default 8, quick 2)")
+    parser.add_argument(
+        "--mb", type=float, default=None, help="MB of text at the headline (default 8, quick 2)"
+    )
     parser.add_argument("--hf-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hf_child:
@@ -454,6 +488,7 @@ def main() -> None:
         return
     reps = args.reps or (2 if args.quick else 3)
     target = int((args.mb or (2 if args.quick else 8)) * MB)
+    sizes = [1, 2, 4] if args.quick else [1, 2, 4, 8, 16, 32]
     cores = len(os.sched_getaffinity(0))
     worker_counts = sorted({1, 2, cores})
     cfg = ShardsConfig(max_seq_len=128, dupe_factor=1, masking="static")
@@ -478,63 +513,62 @@ def main() -> None:
         sample = raw[::97][:1000]
         check = [[s, ids] for s, ids in zip(sample, tok.encode(sample), strict=True)]
         assert sp.encode(sentences[::97][:1000], out_type=int) == [ids for _, ids in check]
-        read = ray.data.read_parquet(files, columns=["id", "sentences"])
-        blocks = list(read.iter_batches(batch_format="pyarrow", batch_size=None))
-        inputs["blocks"] = len(blocks)
+        units = tokenize.plan_units(files)
+        inputs["units"] = len(units)
 
         variants: dict[str, Callable[[], dict[str, Any]]] = {
-            **{f"ours_w{n}": (lambda n=n: run_ours(home, n, cfg)) for n in worker_counts},
+            **{f"ours_w{n}": (lambda n=n: run_tokenize(home, "bench", n)) for n in worker_counts},
             "spm": lambda: run_spm(sp, sentences),
             "hf": lambda: run_hf(files, tok_manifest["path"], cores, check),
-            "in_process": lambda: run_in_process(files, blocks, tok, cfg, 1),
-            **{f"ray_floor_w{n}": (lambda n=n: run_ray_floor(files, n)) for n in worker_counts},
+            "shards_e2e": lambda: run_shards(home, "bench", cores, cfg, fresh_tokens=True),
+            "ray_floor_tasks": lambda: run_ray_floor(units, cores, actors=False),
+            "ray_floor_actors": lambda: run_ray_floor(units, cores, actors=True),
         }
         timed = run_reps(variants, reps, text_bytes)
         runs = timed["runs"]
-        for r in runs[f"ours_w{cores}"] + runs["ours_w1"]:
+        for r in runs[f"ours_w{cores}"] + runs["shards_e2e"]:
             assert r["text_bytes"] == text_bytes, (r["text_bytes"], text_bytes)
         summary = summarize(runs, text_bytes, cores)
-        missed = not all(summary["goal_met"].values())
-        profile = profile_worker(files, blocks, tok, cfg) if missed else None
+        curve = scaling(home, resolve_version(home, "real"), sizes, reps, cores, cfg)
         env["load_avg_after"] = _load()
         env["load_avg_per_rep"] = timed["load_avg_per_rep"]
         env["hf_tokenizer"] = {k: runs["hf"][0][k] for k in ("tokenizer_class", "is_fast", "ids_equal_ours")}
     ray.shutdown()
 
     result = {
-        "goal": "ours >= 0.8 x (raw spm x cores); ours >= 4 x (HF datasets.map)",
+        "goal": "tokenize job >= 0.8 x (raw spm x cores); >= 4 x (HF datasets.map)",
         **summary,
         "quick": args.quick,
         "reps": reps,
+        "cores": cores,
         "env": env,
         "inputs": inputs,
         "config": {**cfg.resolved(), "workers": worker_counts, "headline_workers": cores},
-        "profile_top_own_time": profile,
+        "scaling": curve,
         "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tokenize_job.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "tokenize_job.md").write_text(markdown(result, cores) + "\n")
+    plot(result, RESULTS / "tokenize_scaling.png")
     print(markdown(result, cores))
 
 
 def markdown(r: dict[str, Any], cores: int) -> str:
-    f, q, b = r["mb_per_s"], r["ratios"], r["breakdown"]
+    f, q = r["mb_per_s"], r["ratios"]
     fmt = lambda d: f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"  # noqa: E731
     rows = [
-        (f"ours, `build_shards` workers {cores} (default)", f"ours_w{cores}",
-         "end to end: read, pool, encode, SOP + static masking, zstd Parquet, rename + manifest (Ray up)"),
-        *((f"ours, `build_shards` workers {n}", f"ours_w{n}", "same, n actors")
+        (f"**ours: tokenize job, workers {cores} (default)**", "ours",
+         "plan units, Ray Data tasks: read, encode, Arrow lists, zstd Parquet; sha256, manifest, rename (Ray up)"),
+        *((f"ours: tokenize job, workers {n}", f"ours_w{n}", f"same, {n} task(s) at a time")
           for n in r["config"]["workers"] if n != cores),
-        ("ours, encode only x cores", "ours_encode_only_x_cores",
-         "in-process ShardWorker encode phases (Arrow->lists, preprocess_text, spm, 1 thread) x cores"),
-        ("ours, in process, 1 core, no Ray", "in_process", "pool + ShardWorker on the same blocks, 1 process"),
-        *((f"ceiling: the job's Ray Data pipeline, no-op actors, workers {n}", f"ray_floor_w{n}",
-           "read + actor pool + iteration, no work: no build at this size can be faster")
-          for n in r["config"]["workers"]),
         ("(a) raw spm 1 thread x cores", "spm_x_cores", "C++ encode of preprocessed sentences only, x cores"),
         ("raw spm 1 thread", "spm", "the same, one core"),
-        (f"(b) HF datasets.map num_proc {cores}", "hf", "from_parquet + map(AlbertTokenizer) + to_parquet; no SOP"),
+        (f"(b) HF datasets.map num_proc {cores}", "hf", "from_parquet + map(AlbertTokenizer) + to_parquet"),
+        (f"shards job end to end, workers {cores} (not P1)", "shards_e2e",
+         "tokenize job + pool + SOP pairs + static masking + zstd Parquet, nothing reused"),
+        ("Ray Data fixed cost: tasks, no-op", "ray_floor_tasks", "the tokenize job's plan, map_batches with tasks"),
+        ("Ray Data fixed cost: actor pool, no-op", "ray_floor_actors", f"the same with {cores} actors"),
     ]  # fmt: skip
     lines = ["| figure | includes | MB/s median (min-max) |", "|---|---|---|"]
     lines += [f"| {label} | {what} | {fmt(f[key])} |" for label, key, what in rows]
@@ -545,28 +579,25 @@ def markdown(r: dict[str, Any], cores: int) -> str:
         if goal:
             goal += " met" if r["goal_met"][key] else " **missed**"
         lines.append(f"| {key} | {fmt(value)} | {goal} |")
-    lines += ["", f"Breakdown of ours at 1 worker ({b['ours_w1_seconds']:.1f} s median; workers {cores}: "
-              f"{b['ours_default_seconds']:.1f} s; ideal, pool + in-process worker / {cores}: "
-              f"{b['ideal_default_seconds']:.1f} s)", "",
-              "| part | seconds | share of w1 | MB/s if it were alone |", "|---|---|---|---|"]  # fmt: skip
-    for name, part in b["parts"].items():
-        lines.append(
-            f"| {name} | {part['seconds']:.2f} | {part['share_of_w1']:.0%} | {part['mb_per_s_alone']} |"
-        )
-    if r["profile_top_own_time"]:
-        lines += ["", "cProfile of the in-process worker (1 thread), top by own time:", "",
-                  "| function | calls | own s | own share | cum s |", "|---|---|---|---|---|"]  # fmt: skip
-        for p in r["profile_top_own_time"]:
-            lines.append(f"| `{p['function']}` | {p['ncalls']} | {p['tottime_s']} | {p['own_share']:.0%} "
-                         f"| {p['cumtime_s']} |")  # fmt: skip
+    seconds = {k: statistics.median(run["seconds"] for run in r["runs"][k]) for k in ("ray_floor_tasks",
+               "ray_floor_actors")}  # fmt: skip
+    lines.append(f"\nRay Data fixed cost for {r['inputs']['units']} units: tasks {seconds['ray_floor_tasks']:.2f} s, "
+                 f"actor pool {seconds['ray_floor_actors']:.2f} s (medians).")  # fmt: skip
+    lines += ["", "Scaling (workers " + str(cores) + "; memory: peak summed RSS growth of driver + Ray processes):", "",
+              "| MB | units | tokenize MB/s | shards SOP-only MB/s | tokenize peak RSS growth MB | shards peak RSS growth MB |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for row in r["scaling"]:
+        lines.append(f"| {row['mb']} | {row['units']} | {fmt(row['tokenize_mb_per_s'])} | "
+                     f"{fmt(row['shards_sop_mb_per_s'])} | {row['tokenize_rss_delta_mb']:.0f} | "
+                     f"{row['shards_sop_rss_delta_mb']:.0f} |")  # fmt: skip
     hf = {k: statistics.median(run[k] for run in r["runs"]["hf"]) for k in ("load_s", "map_s", "write_s")}
     lines.append(f"\nHF medians: from_parquet {hf['load_s']:.2f} s, map {hf['map_s']:.2f} s, "
                  f"to_parquet {hf['write_s']:.2f} s.")  # fmt: skip
     e, i = r["env"], r["inputs"]["bench"]
     lines.append(
         f"\n{i['text_bytes'] / MB:.2f} MB of sentence text ({i['documents']} documents, {i['sentences']} sentences, "
-        f"{i['copies']} copies of WikiText-2 valid + zhwiki_bert_sampled, {r['inputs']['blocks']} Ray blocks), "
-        f"vocab {r['inputs']['vocab_size']}, max_seq_len {r['config']['max_seq_len']}, dupe_factor "
+        f"{i['copies']} copies of WikiText-2 valid + zhwiki_bert_sampled, {r['inputs']['units']} units), vocab "
+        f"{r['inputs']['vocab_size']}; shards: max_seq_len {r['config']['max_seq_len']}, dupe_factor "
         f"{r['config']['dupe_factor']}, static masking; {r['reps']} interleaved repetitions after a warm-up; "
         f"cores {cores}, Ray CPUs {e['ray_num_cpus']} (start {e['ray_start_seconds']} s, not timed); threads: "
         f"{'; '.join(f'{k} {v}' for k, v in e['threads'].items())}; HF tokenizer {e['hf_tokenizer']}; "

@@ -8,13 +8,14 @@ an id that already has a manifest returns it (content-addressed reuse). The work
 it changes no row.
 
 How rows are made (google-research/albert `create_pretraining_data.py`, see `albert_core.pretraining_data`):
-Ray Data reads the documents; a pool of actors, each holding the SentencePiece model and the document pool, takes
-one block of documents per call, encodes its sentences in one batch, builds each document's instances for every
-dupe pass (static n-gram masking, or unmasked pairs plus word-start flags for dynamic masking in the loader) and
-streams them into row groups of its own Parquet files. Neither the driver nor a worker ever holds more than a block
-of documents and a row group of instances, so memory does not grow with the corpus. The driver receives one small
-statistics row per written file; at the end it names the files `part-00000…` in the order of their blocks' first
-document ids (never in arrival order), writes the manifest last and renames the folder into place.
+the tokenize job (`data_jobs.tokenize`) first turns the corpus version into token ids per sentence, or reuses them
+when they exist, so a new sequence length, dupe factor or seed never encodes the corpus again. Then Ray Data runs
+one task per tokenized part: it builds each document's instances for every dupe pass (static n-gram masking, or
+unmasked pairs plus word-start flags for dynamic masking in the loader) and streams them into row groups of its
+own Parquet files. Neither the driver nor a task ever holds more than a part and a row group of instances, so
+memory does not grow with the corpus. The driver receives one small statistics row per written file; at the end
+it names the files `part-00000…` in the order of their tokenized parts (never in arrival order), writes the
+manifest last and renames the folder into place.
 
 Determinism: every random choice derives from (seed, document id, pass) in albert_core; the train/eval split from a
 hash of the document id; the document pool that single-sentence chunks draw their B segment from ("a random other
@@ -41,20 +42,21 @@ import pyarrow.parquet as pq
 import ray
 
 from albert_core.errors import UserError
-from albert_core.pretraining_data import DocumentPool, Instance, SopConfig, SpecialIds, document_instances
+from albert_core.pretraining_data import DocumentPool, Instance, SopConfig, SpecialIds, document_passes
 from albert_core.storage import atomic_directory, read_json, sha256_file, validate_name, write_json
-from albert_core.system import available_cores
 from albert_core.tokenizer import SentencePieceTokenizer
 from data_jobs.corpus import CorpusVersion, resolve_version
 from data_jobs.ray_runtime import ensure_ray
+from data_jobs.tokenize import documents, part_files, tokenize_corpus
+from data_jobs.tokenize import resources as tokenize_resources
 from data_jobs.tokenizer_job import load_tokenizer
 
-FORMAT = 1  # part of the shard id: bump it when the same inputs would give different rows
+FORMAT = 2  # part of the shard id: bump it when the same inputs would give different rows (2: masking draws)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "eval")
 POOL_DOCUMENTS = 2000  # bounds the pool's memory; the reference draws from every document
-ENCODE_DOCUMENTS = 256  # documents encoded per SentencePiece batch call
 ROW_GROUP_ROWS = 4096  # instances buffered by a worker before they go to disk
+TOKENIZED_COLUMNS = ["id", "text_bytes", "sentences"]
 
 Masking = Literal["static", "dynamic"]
 
@@ -218,64 +220,43 @@ def _numpy_type(t: pa.DataType) -> type:
     return (t.value_type if pa.types.is_fixed_size_list(t) else t).to_pandas_dtype()
 
 
-class ShardWorker:
-    """Ray Data actor: one block of documents (`id`, `sentences`) per call -> its instances in one Parquet file
-    per split under `folder/<split>/`; returns one statistics row per split the block touched."""
+_POOLS: dict[str, DocumentPool] = {}  # per worker process: the pool is fetched once, not once per task
 
-    def __init__(
-        self,
-        tokenizer: SentencePieceTokenizer,
-        pool: ray.ObjectRef | None,
-        cfg: ShardsConfig,
-        folder: str,
-        threads: int,
-    ) -> None:
-        self._tokenizer = tokenizer  # unpickled from its model bytes once per actor
-        self._word_start = tokenizer.word_start_mask()
-        self._special = special_ids(tokenizer)
-        self._pool = ray.get(pool) if pool is not None else None
-        self._cfg = cfg
-        self._sop = cfg.sop()
-        self._folder = Path(folder)
-        self._threads = threads
 
-    def __call__(self, block: pa.Table) -> pa.Table:
-        # Named after the block's smallest id, so a retried task rewrites its own file; renamed by the driver.
-        first = pc.min(block["id"]).as_py() or ""
-        stem = f".block-{_hash64(first):016x}.parquet"
-        writers = {split: _SplitWriter(self._folder / split / stem, self._cfg) for split in SPLITS}
-        for chunk in block.to_batches(max_chunksize=ENCODE_DOCUMENTS):
-            for doc_id, sentences, text_bytes in self._encode(chunk):
-                writer = writers["eval" if held_out(doc_id, self._cfg.eval_share) else "train"]
-                writer.counts["documents"] += 1
-                writer.counts["sentences"] += len(sentences)
-                writer.counts["text_bytes"] += text_bytes
-                for pass_index in range(self._sop.dupe_factor):
-                    self._build(writer, doc_id, sentences, pass_index)
-        rows = [{"split": split, "first_doc": first, **w.close()} for split, w in writers.items() if w.counts]
-        return pa.Table.from_pylist(rows, schema=STATS_SCHEMA)
+def _pool(ref: ray.ObjectRef | None) -> DocumentPool | None:
+    if ref is None:
+        return None
+    key = ref.hex()
+    if key not in _POOLS:
+        _POOLS.clear()
+        _POOLS[key] = ray.get(ref)
+    return _POOLS[key]
 
-    def _encode(self, chunk: pa.RecordBatch) -> list[tuple[str, list[list[int]], int]]:
-        """(document id, token ids per sentence, UTF-8 bytes of its text) for each document of `chunk`."""
-        sentences = chunk.column("sentences")
-        lengths = pc.list_value_length(sentences).fill_null(0).to_numpy(zero_copy_only=False)
-        flat = sentences.flatten().fill_null("")
-        ids = self._tokenizer.encode(flat.to_pylist(), num_threads=self._threads)
-        text_bytes = pc.binary_length(flat).to_numpy(zero_copy_only=False)
-        bounds = np.concatenate([[0], np.cumsum(lengths)])
-        return [
-            (doc_id, ids[a:b], int(text_bytes[a:b].sum()))
-            for doc_id, a, b in zip(chunk.column("id").to_pylist(), bounds[:-1], bounds[1:], strict=True)
-        ]
 
-    def _build(self, writer: _SplitWriter, doc_id: str, sentences: list[list[int]], pass_index: int) -> None:
-        instances = document_instances(
-            doc_id, sentences, pass_index, self._sop, self._special, self._word_start, self._pool
-        )
-        if instances:  # the short target is drawn once per document pass: count it once
-            writer.counts["document_passes"] += 1
-            writer.counts["short_document_passes"] += instances[0].short_target
-            writer.add(instances)
+def _build_units(
+    batch: pa.Table, word_start: np.ndarray, special: SpecialIds, pool: ray.ObjectRef | None, cfg: ShardsConfig,
+    folder: str,
+) -> pa.Table:  # fmt: skip
+    """Ray Data task: each tokenized part of the batch -> its instances in one Parquet file per split under
+    `folder/<split>/`; one statistics row per unit and split it touched."""
+    other = _pool(pool)
+    sop = cfg.sop()
+    rows = []
+    for unit, file in zip(batch["unit"].to_pylist(), batch["file"].to_pylist(), strict=True):
+        stem = f".unit-{unit:05d}.parquet"  # a retried task rewrites its own file; renamed by the driver
+        writers = {split: _SplitWriter(Path(folder) / split / stem, cfg) for split in SPLITS}
+        for doc_id, text_bytes, sentences in documents(pq.read_table(file, columns=TOKENIZED_COLUMNS)):
+            writer = writers["eval" if held_out(doc_id, cfg.eval_share) else "train"]
+            writer.counts["documents"] += 1
+            writer.counts["sentences"] += len(sentences)
+            writer.counts["text_bytes"] += text_bytes
+            for instances in document_passes(doc_id, sentences, sop, special, word_start, other):
+                if instances:  # the short target is drawn once per document pass: count it once
+                    writer.counts["document_passes"] += 1
+                    writer.counts["short_document_passes"] += instances[0].short_target
+                    writer.add(instances)
+        rows += [{"split": split, "unit": unit, **w.close()} for split, w in writers.items() if w.counts]
+    return pa.Table.from_pylist(rows, schema=STATS_SCHEMA)
 
 
 STAT_COUNTS = ("documents", "sentences", "text_bytes", "instances", "tokens", "pairs", "swapped", "negatives",
@@ -284,7 +265,7 @@ STAT_COUNTS = ("documents", "sentences", "text_bytes", "instances", "tokens", "p
 
 # What a worker returns per block and split: where its file is (None if no instances) and what it counted.
 STATS_SCHEMA = pa.schema(
-    [("split", pa.string()), ("first_doc", pa.string()), ("file", pa.string()), ("sha256", pa.string()),
+    [("split", pa.string()), ("unit", pa.int64()), ("file", pa.string()), ("sha256", pa.string()),
      ("bytes", pa.int64()), *((name, pa.int64()) for name in STAT_COUNTS)]
 )  # fmt: skip
 
@@ -296,39 +277,29 @@ def special_ids(tokenizer: SentencePieceTokenizer) -> SpecialIds:
 # --- the document pool -------------------------------------------------------------------------------------------
 
 
-def _pool_candidates(block: pa.Table, seed: int, eval_share: float, k: int) -> pa.Table:
-    """The ≤k training documents of `block` with the smallest pool keys (so only those travel to the driver)."""
-    ids = block["id"].to_pylist()
+def _pool_candidates(table: pa.Table, seed: int, eval_share: float, k: int) -> pa.Table:
+    """The ≤k training documents of `table` with the smallest pool keys."""
     keyed = sorted(
         (_hash64(f"pool\x00{seed}\x00{doc_id}"), doc_id, row)
-        for row, doc_id in enumerate(ids)
+        for row, doc_id in enumerate(table["id"].to_pylist())
         if not held_out(doc_id, eval_share)
     )[:k]
     rows = pa.array([row for _, _, row in keyed], pa.int64())  # typed: an empty list would be null-typed
-    picked = block.select(["id", "sentences"]).take(rows)
+    picked = table.take(rows)
     return picked.append_column("key", pa.array([key for key, _, _ in keyed], pa.uint64()))
 
 
-def build_pool(
-    files: list[str], tokenizer: SentencePieceTokenizer, cfg: ShardsConfig, k: int = POOL_DOCUMENTS
-) -> DocumentPool:
+def build_pool(parts: list[str], vocab_size: int, cfg: ShardsConfig, k: int = POOL_DOCUMENTS) -> DocumentPool:
     """The documents single-sentence chunks draw B from: the k training documents with the smallest hash of
-    (seed, id), encoded once. Merged k at a time, so the driver holds at most 2k documents."""
-    candidates = ray.data.read_parquet(files, columns=["id", "sentences"]).map_batches(
-        _pool_candidates,
-        fn_kwargs={"seed": cfg.seed, "eval_share": cfg.eval_share, "k": k},
-        batch_format="pyarrow",
-    )
+    (seed, id), read from the tokenized parts one at a time (so the driver holds at most 2k documents)."""
     best: pa.Table | None = None
-    for table in candidates.iter_batches(batch_format="pyarrow", batch_size=None):
+    for part in parts:
+        table = _pool_candidates(pq.read_table(part, columns=TOKENIZED_COLUMNS), cfg.seed, cfg.eval_share, k)
         merged = table if best is None else pa.concat_tables([best, table])
         best = merged.sort_by([("key", "ascending"), ("id", "ascending")]).slice(0, k)
     if best is None or not len(best):
         raise UserError("single_sentence_negatives needs training documents for its pool; there are none")
-    documents = {}
-    for doc_id, sentences in zip(best["id"].to_pylist(), best["sentences"].to_pylist(), strict=True):
-        documents[doc_id] = tokenizer.encode([s or "" for s in sentences])
-    return DocumentPool(documents, tokenizer.vocab_size)
+    return DocumentPool({doc_id: sentences for doc_id, _, sentences in documents(best)}, vocab_size)
 
 
 # --- the job -----------------------------------------------------------------------------------------------------
@@ -359,52 +330,41 @@ def shard_id(lineage: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _resources(workers: int | None) -> tuple[int, float, int]:
-    """(actors, Ray CPUs per actor, SentencePiece threads per actor)."""
-    cores = available_cores()
-    n = cores if workers is None else workers
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UserError(f"workers must be a positive integer, got {workers!r}")
-    # Leave at least one Ray CPU for the read tasks that feed the actors: actors holding every CPU starve them
-    # and the job never ends (DESIGN.md pitfalls, "Ray on 2 cores").
-    cluster = ray.cluster_resources().get("CPU", cores)
-    return n, min(1.0, max(cluster - 1, 0.1) / n), max(1, cores // n)
-
-
 def _run_workers(
-    files: list[str], tokenizer: SentencePieceTokenizer, pool: DocumentPool | None, cfg: ShardsConfig,
-    folder: Path, resources: tuple[int, float, int],
+    parts: list[str], word_start: np.ndarray, special: SpecialIds, pool: DocumentPool | None, cfg: ShardsConfig,
+    folder: Path, workers: int,
 ) -> pa.Table:  # fmt: skip
-    """Build every block's files; return the statistics rows (one per block and split)."""
-    n, cpus, threads = resources
-    results = ray.data.read_parquet(files, columns=["id", "sentences"]).map_batches(
-        ShardWorker,
-        fn_constructor_kwargs={
-            "tokenizer": tokenizer,
+    """Build every tokenized part's files; return the statistics rows (one per part and split)."""
+    # Tasks, not actors (as in the tokenize job): a part is read, built and written in one task.
+    plan = ray.data.from_items(
+        [{"unit": k, "file": f} for k, f in enumerate(parts)], override_num_blocks=len(parts)
+    )
+    results = plan.map_batches(
+        _build_units,
+        fn_kwargs={
+            "word_start": word_start,
+            "special": special,
             "pool": ray.put(pool) if pool is not None else None,
             "cfg": cfg,
             "folder": str(folder),
-            "threads": threads,
         },
         batch_format="pyarrow",
-        batch_size=None,  # one call per block: a file holds one block's instances, whatever the arrival order
-        compute=ray.data.ActorPoolStrategy(size=n),
-        num_cpus=cpus,
+        batch_size=1,
+        compute=ray.data.TaskPoolStrategy(size=workers),
+        num_cpus=1,
     )
     tables = list(results.iter_batches(batch_format="pyarrow", batch_size=None))
     return pa.concat_tables(tables) if tables else STATS_SCHEMA.empty_table()
 
 
 def _place_files(folder: Path, stats: pa.Table, cfg: ShardsConfig) -> dict[str, dict[str, Any]]:
-    """Rename each split's files to part-00000… in order of their blocks' first document id; a split without
+    """Rename each split's files to part-00000… in the order of their tokenized parts; a split without
     instances gets one empty file, so every split reads back with the right schema."""
     written = [r for r in stats.to_pylist() if r["file"]]
-    if len({(r["split"], r["file"]) for r in written}) != len(written):
-        raise UserError("the corpus has duplicate document ids: two blocks start with the same id")
     files = {}
     for split in SPLITS:
         (folder / split).mkdir(exist_ok=True)
-        parts = sorted((r for r in written if r["split"] == split), key=lambda r: r["first_doc"])
+        parts = sorted((r for r in written if r["split"] == split), key=lambda r: r["unit"])
         for k, row in enumerate(parts):
             name = f"{split}/part-{k:05d}.parquet"
             os.replace(folder / split / row["file"], folder / name)
@@ -479,15 +439,14 @@ def build_shards(
     target = shards_dir(home, sid)
     if (target / MANIFEST).is_file():
         return _summary(read_json(target / MANIFEST), target, reused=True, started=started)
-    files = [str(p) for p in source.doc_files()]
-    if not files:
-        raise UserError(f"corpus {source.id} has no document files")
-    ensure_ray()
-    resources = _resources(workers)
-    pool = build_pool(files, tok, cfg) if cfg.single_sentence_negatives else None
+    workers = tokenize_resources(workers)[0]  # checks the value before anything runs
+    tokenized = tokenize_corpus(home, source, tok, workers)
+    parts = part_files(tokenized)
+    ensure_ray()  # a reused tokenized build started nothing
+    pool = build_pool(parts, tok.vocab_size, cfg) if cfg.single_sentence_negatives else None
     try:
         with atomic_directory(target) as tmp:
-            stats = _run_workers(files, tok, pool, cfg, tmp, resources)
+            stats = _run_workers(parts, tok.word_start_mask(), special_ids(tok), pool, cfg, tmp, workers)
             placed = _place_files(tmp, stats, cfg)
             manifest = {
                 "id": sid,
@@ -496,7 +455,8 @@ def build_shards(
                 "statistics": _statistics(stats, cfg),
                 "files": placed,
                 "sha256": hashlib.sha256(json.dumps(placed, sort_keys=True).encode()).hexdigest(),
-                "workers": resources[0],
+                "tokenized": tokenized["id"],
+                "workers": workers,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "seconds": round(time.perf_counter() - started, 2),
             }

@@ -19,6 +19,7 @@ from albert_core.pretraining_data import (
     _candidate_words,
     _choose_ngrams,
     _fitted_lengths,
+    _reused_rngs,
     _truncate_seq_pair,
     build_instances,
     document_instances,
@@ -475,6 +476,17 @@ def test_document_rngs_are_keyed() -> None:
     assert document_rngs(1, "a", 0)[0].random() == draws[1, "a", 0]
     pairs, masking = document_rngs(1, "a", 0)
     assert pairs.random() != masking.random()
+
+
+@pytest.mark.parametrize("key", [(1, "a", 0), (12345, "wikitext:007", 39), (0, "zhwiki:0001#r3", 1)])
+def test_reused_rngs_are_the_document_rngs(key: tuple) -> None:
+    """The builder's generators (states computed, not seeded) give exactly the streams of `document_rngs`."""
+    fresh, reused = document_rngs(*key), _reused_rngs(*key)
+    for a, b in zip(fresh, reused, strict=True):
+        assert a.bit_generator.state == b.bit_generator.state
+        assert (a.random(64) == b.random(64)).all() and (
+            a.integers(0, 30000, 64) == b.integers(0, 30000, 64)
+        ).all()
 
 
 # --- dynamic masking ---------------------------------------------------------------------------------------------
