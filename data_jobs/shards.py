@@ -505,6 +505,8 @@ def latest_shards(home: Path, corpus: str) -> str:
     """Id of the shards built from the newest version of `corpus` that has any (the latest built, on a tie)."""
     found = []
     for path in (home / "shards").glob(f"*/{MANIFEST}"):
+        if path.parent.name.startswith("."):
+            continue  # a build folder (pathlib's glob does not skip hidden names)
         manifest = read_json(path)
         name, _, version = str(manifest.get("corpus", "")).rpartition("/v")
         if name == corpus and version.isdigit():

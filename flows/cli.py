@@ -111,6 +111,18 @@ def cmd_shards_build(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def cmd_tokenize(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home
+    from data_jobs.corpus import resolve_version
+    from data_jobs.tokenize import tokenize_corpus
+    from data_jobs.tokenizer_job import load_tokenizer
+
+    home = albert_home(args.home)
+    source = resolve_version(home, args.corpus, args.version)
+    tokenizer, _ = load_tokenizer(home, args.tokenizer or args.corpus)
+    return tokenize_corpus(home, source, tokenizer, args.workers)
+
+
 def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
     from data_jobs.verify import verify_corpus, verify_shards, verify_tokenizer
@@ -295,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cased", action="store_true", help="keep case (the reference lower-cases)")
     p.add_argument("--sample-sentences", type=int, default=10_000_000, help="at most this many sentences")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+
+    p = command(
+        sub, "tokenize", cmd_tokenize, "encode a corpus version into token ids (reused by every shards build)"
+    )
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--version", type=int, help="corpus version (default: latest)")
+    p.add_argument("--tokenizer", help="tokenizer name (default: the corpus name)")
+    p.add_argument("--workers", type=int, help="parallel tasks (default: one per core)")
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     shards = sub.add_parser("shards", help="pretraining shards").add_subparsers(

@@ -2,6 +2,7 @@
 version): the ids are the tokenizer's own, the folder is content-addressed, reused, atomic, and independent of
 the worker count."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -103,3 +104,13 @@ def test_a_failed_build_leaves_nothing(built: dict, home: Path, tmp_path: Path) 
     with pytest.raises(ray.exceptions.RayTaskError, match="read_row_group"):  # failed in a task, not planning
         tokenize_corpus(other, source, tok, workers=2)
     assert not (other / "tokenized").exists() or not list((other / "tokenized").iterdir())
+
+
+def test_cli_reports_the_same_folder(built: dict, home: Path, capsys: pytest.CaptureFixture) -> None:
+    from flows.cli import main
+
+    assert main(["tokenize", "--corpus", "mixed", "--home", str(home), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["reused"] and printed["id"] == built["id"]
+    assert main(["tokenize", "--corpus", "mixed", "--tokenizer", "missing", "--home", str(home)]) == 2
+    assert "missing" in capsys.readouterr().err
