@@ -18,17 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.hf import to_hf
+from benchmarks import torch_env
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -128,10 +127,7 @@ def main() -> None:
     presets = args.presets or (["tiny"] if args.quick else ["tiny", "base"])
     reps = args.reps or (3 if args.quick else 7)
     torch.set_num_threads(args.threads)
-    env = {
-        "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "load_avg_before": os.getloadavg(), "machine": platform.machine(),
-    }  # fmt: skip
+    env = torch_env()
     rows = [
         row
         for p in presets

@@ -18,17 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 
 from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.hf import to_hf
+from benchmarks import torch_env
 from benchmarks.model_step import RESULTS, make_batch, step_fn
 
 PRESET = "tiny"
@@ -117,10 +116,7 @@ def main() -> None:
     sweeps = QUICK_SWEEPS if args.quick else SWEEPS
     reps = args.reps or (2 if args.quick else 3)
     torch.set_num_threads(args.threads)
-    env = {
-        "torch": torch.__version__, "transformers": transformers.__version__, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "machine": platform.machine(), "load_avg_before": os.getloadavg(),
-    }  # fmt: skip
+    env = torch_env()
     rows = bench(points(sweeps), reps)
     env["load_avg_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
