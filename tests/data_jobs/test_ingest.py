@@ -478,7 +478,8 @@ def test_hf_save_to_disk_folders_ingest(albert_home: Path, tmp_path: Path) -> No
 def test_builtin_corpus_ingests_into_several_doc_files(
     albert_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(data_jobs.ingest, "DOCS_FILE_BYTES", 512 * 1024)  # ~1.6 MB of text: a few files
+    # ~1.6 MB of text in 4 blocks; a file is closed between blocks once it holds this much: a few files
+    monkeypatch.setattr(data_jobs.ingest, "DOCS_FILE_BYTES", 128 * 1024)
     summary = ingest(["builtin"], "demo", home=albert_home)
     (source,) = summary["sources"]
     assert source["source"] == "builtin" and lines_add_up(source) and summary["documents_in"] > 100
