@@ -4,7 +4,9 @@ Prefect gets a throw-away home (its database, results and the temporary API serv
 imports it, and sends no analytics.
 """
 
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,3 +33,15 @@ def albert_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "albert_home"
     monkeypatch.setenv("ALBERT_HOME", str(home))
     return home
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_on_a_closed_stream():
+    """Ray Data re-creates its console handler during executions, on whatever `sys.stderr` is then: inside a test
+    using `capsys`, a stream closed when that test ends, after which every Ray Data log line prints "--- Logging
+    error ---" into a later test's stderr. Point such handlers back at the real stderr after each test."""
+    yield
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+                handler.stream = sys.__stderr__  # not setStream: it flushes the closed stream first
