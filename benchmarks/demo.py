@@ -125,11 +125,11 @@ def demo_env(prefect_home: Path) -> dict[str, str]:
     return {**env, "PREFECT_HOME": str(prefect_home)}
 
 
-def bench(modes: tuple[str, ...], reps: int) -> dict[str, Any]:
+def bench(modes: tuple[str, ...], reps: int, warm_up: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="albert-bench-demo-") as tmp:
         workdir = Path(tmp)
         env = demo_env(workdir / "prefect")
-        warmup = run_demo(True, workdir, env, "warm-up (quick, untimed)")
+        warmup = run_demo(True, workdir, env, "warm-up (quick, untimed)") if warm_up else {"seconds": 0.0}
         runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
         for rep in range(reps):
             for mode in modes:
@@ -168,8 +168,13 @@ def write_results(result: dict[str, Any], env: dict[str, Any], quick: bool) -> s
             f"| {r['target_seconds']:.0f} | {r['ratio']:.2f} | {met} | {phases} |"
         )
     lines.append(
-        f"\n`albert demo --json --home FRESH` as a subprocess, after an untimed warm-up run "
-        f"({result['warmup_seconds']:.0f} s); {env['cpus']} cores, load {env['load_avg_before']} before, "
+        "\n`albert demo --json --home FRESH` as a subprocess, "
+        + (
+            f"after an untimed warm-up run ({result['warmup_seconds']:.0f} s)"
+            if result["warmup_seconds"]
+            else "warm from the benchmarks run before it (no warm-up run)"
+        )
+        + f"; {env['cpus']} cores, load {env['load_avg_before']} before, "
         f"{env['load_avg_after']} after"
     )
     text = "\n".join(lines) + "\n"
@@ -185,6 +190,11 @@ def main() -> None:
     parser.add_argument(
         "--reps", type=int, default=None, help="timed runs of each mode (default 1 quick, 2 full)"
     )
+    parser.add_argument(
+        "--no-warm-up",
+        action="store_true",
+        help="skip the untimed warm-up (when earlier benchmarks in the same run already loaded the code)",
+    )
     args = parser.parse_args()
     modes = ("quick",) if args.quick else ("quick", "full")
     reps = args.reps or (1 if args.quick else 2)
@@ -193,7 +203,7 @@ def main() -> None:
         "threads": "the demo's defaults (2 Ray Train workers, cores // workers torch threads each)",
         "load_avg_before": load_avg(),
     }  # fmt: skip
-    result = bench(modes, reps)
+    result = bench(modes, reps, warm_up=not args.no_warm_up)
     env["load_avg_after"] = load_avg()
     print(write_results(result, env, args.quick))
 
