@@ -104,18 +104,27 @@ ABBREVIATIONS = frozenset(
     {"Mr", "Mrs", "Ms", "Messrs", "Dr", "Prof", "Rev", "Hon", "St", "Mt", "Gen", "Col", "Capt", "Lt", "Sgt"}
     | {"Sr", "Jr", "Fig", "Vol", "vs", "etc", "cf", "viz", "al", "approx"}
 )
+# Words that abbreviate only before a number: "No. 2 Squadron", "Nos. 3 and 4", "pp. 366", "Op. 27". Before a
+# capital they usually end a sentence ("Is it round? No. It is true."), so they stay boundaries there.
+NUMBER_ABBREVIATIONS = frozenset(
+    {"No", "Nos", "no", "nos", "Vols", "vol", "vols", "p", "pp", "Op", "op"}
+    | {"Ch", "ch", "Figs", "fig", "figs"}
+)
 _DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # e.g, i.e, U.S, a.m: dotted abbreviations
 _LAST_WORD = re.compile(r"[A-Za-z.]+$")  # letters and dots before the final ".": "--Mr", "(e.g"
 
 
-def _is_abbreviation(text: str, end: int) -> bool:
-    """Whether the word that ends at `end` (just before a single ".") is an abbreviation or an initial."""
+def _is_abbreviation(text: str, end: int, after: int) -> bool:
+    """Whether the word that ends at `end` (just before a single ".") is an abbreviation or an initial; `after`
+    is where the next sentence would start."""
     m = _LAST_WORD.search(text, max(0, end - 40), end)
     if m is None:
         return False
     word = m.group()
     if word in ABBREVIATIONS or _DOTTED.fullmatch(word):
         return True
+    if word in NUMBER_ABBREVIATIONS:
+        return text[after : after + 1].isdigit()
     # A single capital is an initial (J. R. R. Tolkien), but "I." usually ends a sentence.
     return len(word) == 1 and word.isupper() and word != "I"
 
@@ -125,7 +134,8 @@ def split_sentences(paragraph: str) -> list[str]:
 
     English: a boundary follows `.`, `!` or `?` (plus any closing quotes/brackets) when whitespace and then a
     capital, digit, opening quote/bracket or CJK character follow, unless the `.` ends an abbreviation from
-    `ABBREVIATIONS`, a dotted abbreviation (e.g., i.e., U.S.) or a single-letter initial.
+    `ABBREVIATIONS`, a dotted abbreviation (e.g., i.e., U.S.), a single-letter initial, or a word of
+    `NUMBER_ABBREVIATIONS` before a digit ("No. 2").
     Chinese: a boundary follows `。！？` (and `｡`), `!?` right after a CJK character, or a `.` after a CJK
     character at the end of a clause (before whitespace, a closer or the end), plus closing quotes/brackets such
     as `”」』）`; no whitespace is needed.
@@ -133,7 +143,7 @@ def split_sentences(paragraph: str) -> list[str]:
     sentences: list[str] = []
     start = 0
     for m in _BOUNDARY.finditer(paragraph):
-        if m.group("en") == "." and _is_abbreviation(paragraph, m.start()):
+        if m.group("en") == "." and _is_abbreviation(paragraph, m.start(), m.end()):
             continue
         sentence = paragraph[start : m.end()].strip()
         if sentence:

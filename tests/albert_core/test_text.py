@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from albert_core.text import (
     ABBREVIATIONS,
+    NUMBER_ABBREVIATIONS,
     Document,
     join_wrapped_lines,
     normalize,
@@ -87,6 +88,22 @@ def test_join_wrapped_lines() -> None:
         ("(It ended.) Next one. In 1865. 1866 came.", ["(It ended.)", "Next one.", "In 1865.", "1866 came."]),
         ("Version 3.11 is out. pi is 3.14 here.", ["Version 3.11 is out. pi is 3.14 here."]),
         ("What?! Really... Yes.", ["What?!", "Really...", "Yes."]),
+        (
+            "He led No. 2 Squadron in 1941. Nos. 3 and 4 followed, see pp. 366 – 73 and p. 45. Op. 27 ends.",
+            [
+                "He led No. 2 Squadron in 1941.",
+                "Nos. 3 and 4 followed, see pp. 366 – 73 and p. 45.",
+                "Op. 27 ends.",
+            ],
+        ),
+        (
+            "Is it round? No. It is flat. Say no. Then go.",
+            ["Is it round?", "No.", "It is flat.", "Say no.", "Then go."],
+        ),
+        (
+            "Vol. II is out. Mr. Smith read Vol. 3 at St. Ives.",
+            ["Vol. II is out.", "Mr. Smith read Vol. 3 at St. Ives."],
+        ),
         ("他说：“你好。”然后走了！真的？是的。", ["他说：“你好。”", "然后走了！", "真的？", "是的。"]),
         ("「完了。」『好！』（注：见上。）后文", ["「完了。」", "『好！』", "（注：见上。）", "后文"]),
         ("NFKC后的感叹号!问号?句号. 下一句", ["NFKC后的感叹号!", "问号?", "句号.", "下一句"]),
@@ -125,6 +142,19 @@ def test_alice_sentences(corpora: Path) -> None:
     starts = sum(bool(re.match(r"[\"'(\[]*[A-Z0-9]", s)) for s in sentences)
     assert starts / len(sentences) > 0.97
     assert max(len(s) for s in sentences) < 2500
+
+
+def test_wikitext_keeps_numbered_units_whole(corpora: Path) -> None:
+    """WikiText's RAAF articles name units "No. 2 Squadron" (50 of them): none may end a sentence."""
+    lines = normalize((corpora / "wikitext2-valid.raw.txt").read_text(encoding="utf-8")).split("\n")
+    sentences = [s for line in lines if line.strip() for s in split_sentences(line.strip())]
+    ends = [
+        s for s in sentences if re.search(r"\b(\w+)\.$", s) and s.split()[-1][:-1] in NUMBER_ABBREVIATIONS
+    ]
+    assert not ends
+    numbered = sum(line.count("No. ") for line in lines)
+    assert numbered > 40 and sum(s.count("No. ") for s in sentences) == numbered
+    assert 8000 <= len(sentences) <= 9500  # 8,719 (8,770 when "No." still ended sentences)
 
 
 def test_emma_keeps_titles_inside_sentences(corpora: Path) -> None:
