@@ -13,14 +13,18 @@ when they exist, so a new sequence length, dupe factor or seed never encodes the
 one task per tokenized part: it builds each document's instances for every dupe pass (static n-gram masking, or
 unmasked pairs plus word-start flags for dynamic masking in the loader) and streams them into row groups of its
 own Parquet files. Neither the driver nor a task ever holds more than a part and a row group of instances, so
-memory does not grow with the corpus. The driver receives one small statistics row per written file; at the end
-it names the files `part-00000…` in the order of their tokenized parts (never in arrival order), writes the
-manifest last and renames the folder into place.
+memory does not grow with the corpus. The driver receives one small statistics row per written file. Then it
+coalesces: consecutive files of a split (in the order of their tokenized parts, never in arrival order) are
+grouped up to `TARGET_FILE_BYTES` and each group is merged by a task that copies it a row group at a time, so a
+small build writes one file per split, not one per part. The files are named `part-00000…`; the manifest is
+written last and the folder renamed into place. No file has 0 rows: a split without instances has no file, and
+the manifest and summary list it in `empty_splits`.
 
 Determinism: every random choice derives from (seed, document id, pass) in albert_core; the train/eval split from a
-hash of the document id; the document pool that single-sentence chunks draw their B segment from ("a random other
-document" in the reference) is the ≤2000 training documents with the smallest hash of (seed, id), built once in the
-driver and shared with every worker. So the rows do not depend on the worker count, on block layout or on order.
+hash of the document id (plus, in a small corpus, the `eval_floor` document: see `EvalSplit`); the document pool
+that single-sentence chunks draw their B segment from ("a random other document" in the reference) is the ≤2000
+training documents with the smallest hash of (seed, id), built once in the driver and shared with every worker.
+So the rows do not depend on the worker count, on block layout or on order.
 """
 
 from __future__ import annotations
@@ -51,11 +55,18 @@ from data_jobs.tokenize import documents, part_files, tokenize_corpus
 from data_jobs.tokenize import resources as tokenize_resources
 from data_jobs.tokenizer_job import load_tokenizer
 
-FORMAT = 2  # part of the shard id: bump it when the same inputs would give different rows (2: masking draws)
+# Part of the shard id: bump it when the same inputs would give different rows (2: masking draws; 3: the eval
+# floor document, coalesced files).
+FORMAT = 3
+# Format 2 has the same row schema (it differs in an empty eval file for tiny builds, and more files), so it reads.
+READABLE_FORMATS = (2, FORMAT)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "eval")
 POOL_DOCUMENTS = 2000  # bounds the pool's memory; the reference draws from every document
 ROW_GROUP_ROWS = 4096  # instances buffered by a worker before they go to disk
+# Consecutive files of a split are merged up to this size (a file already larger stays as it is): a few MB of
+# text gives one file per split, 1 GB a few dozen, and Ray Data and `datasets` still read them in parallel.
+TARGET_FILE_BYTES = 64 << 20
 TOKENIZED_COLUMNS = ["id", "text_bytes", "sentences"]
 
 Masking = Literal["static", "dynamic"]
@@ -140,10 +151,43 @@ def _hash64(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
+def _eval_key(doc_id: str) -> float:
+    return _hash64(f"eval\x00{doc_id}") / 2**64
+
+
 def held_out(doc_id: str, share: float) -> bool:
     """Train/eval split by a hash of the document id alone: the same documents are held out whatever the seed,
     dupe factor or sequence length, so evaluations of different builds compare on the same text."""
-    return _hash64(f"eval\x00{doc_id}") / 2**64 < share
+    return _eval_key(doc_id) < share
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """`held_out` plus a floor: when `share` > 0 holds out no document of a corpus of two or more (62 documents
+    at 0.01 do so half the time), the document with the smallest hash is held out, so evaluation has text."""
+
+    share: float
+    floor: str | None = None
+
+    def holds(self, doc_id: str) -> bool:
+        return doc_id == self.floor or held_out(doc_id, self.share)
+
+
+def eval_split(parts: list[str], share: float) -> EvalSplit:
+    """The split of the documents in `parts`. Reads only their ids, and stops at the first held-out one, so a
+    large corpus costs a few hundred ids; the result depends on the set of ids alone, not on their order."""
+    if share <= 0:
+        return EvalSplit(share)
+    smallest: tuple[float, str] | None = None
+    documents = 0
+    for part in parts:
+        for doc_id in pq.read_table(part, columns=["id"])["id"].to_pylist():
+            key = (_eval_key(doc_id), doc_id)
+            if key[0] < share:
+                return EvalSplit(share)
+            smallest = key if smallest is None else min(smallest, key)
+            documents += 1
+    return EvalSplit(share, smallest[1] if smallest is not None and documents >= 2 else None)
 
 
 # --- the worker --------------------------------------------------------------------------------------------------
@@ -235,7 +279,7 @@ def _pool(ref: ray.ObjectRef | None) -> DocumentPool | None:
 
 def _build_units(
     batch: pa.Table, word_start: np.ndarray, special: SpecialIds, pool: ray.ObjectRef | None, cfg: ShardsConfig,
-    folder: str,
+    split: EvalSplit, folder: str,
 ) -> pa.Table:  # fmt: skip
     """Ray Data task: each tokenized part of the batch -> its instances in one Parquet file per split under
     `folder/<split>/`; one statistics row per unit and split it touched."""
@@ -246,7 +290,7 @@ def _build_units(
         stem = f".unit-{unit:05d}.parquet"  # a retried task rewrites its own file; renamed by the driver
         writers = {split: _SplitWriter(Path(folder) / split / stem, cfg) for split in SPLITS}
         for doc_id, text_bytes, sentences in documents(pq.read_table(file, columns=TOKENIZED_COLUMNS)):
-            writer = writers["eval" if held_out(doc_id, cfg.eval_share) else "train"]
+            writer = writers["eval" if split.holds(doc_id) else "train"]
             writer.counts["documents"] += 1
             writer.counts["sentences"] += len(sentences)
             writer.counts["text_bytes"] += text_bytes
@@ -277,24 +321,26 @@ def special_ids(tokenizer: SentencePieceTokenizer) -> SpecialIds:
 # --- the document pool -------------------------------------------------------------------------------------------
 
 
-def _pool_candidates(table: pa.Table, seed: int, eval_share: float, k: int) -> pa.Table:
+def _pool_candidates(table: pa.Table, seed: int, split: EvalSplit, k: int) -> pa.Table:
     """The ≤k training documents of `table` with the smallest pool keys."""
     keyed = sorted(
         (_hash64(f"pool\x00{seed}\x00{doc_id}"), doc_id, row)
         for row, doc_id in enumerate(table["id"].to_pylist())
-        if not held_out(doc_id, eval_share)
+        if not split.holds(doc_id)
     )[:k]
     rows = pa.array([row for _, _, row in keyed], pa.int64())  # typed: an empty list would be null-typed
     picked = table.take(rows)
     return picked.append_column("key", pa.array([key for key, _, _ in keyed], pa.uint64()))
 
 
-def build_pool(parts: list[str], vocab_size: int, cfg: ShardsConfig, k: int = POOL_DOCUMENTS) -> DocumentPool:
+def build_pool(
+    parts: list[str], vocab_size: int, cfg: ShardsConfig, split: EvalSplit, k: int = POOL_DOCUMENTS
+) -> DocumentPool:
     """The documents single-sentence chunks draw B from: the k training documents with the smallest hash of
     (seed, id), read from the tokenized parts one at a time (so the driver holds at most 2k documents)."""
     best: pa.Table | None = None
     for part in parts:
-        table = _pool_candidates(pq.read_table(part, columns=TOKENIZED_COLUMNS), cfg.seed, cfg.eval_share, k)
+        table = _pool_candidates(pq.read_table(part, columns=TOKENIZED_COLUMNS), cfg.seed, split, k)
         merged = table if best is None else pa.concat_tables([best, table])
         best = merged.sort_by([("key", "ascending"), ("id", "ascending")]).slice(0, k)
     if best is None or not len(best):
@@ -332,7 +378,7 @@ def shard_id(lineage: dict[str, Any]) -> str:
 
 def _run_workers(
     parts: list[str], word_start: np.ndarray, special: SpecialIds, pool: DocumentPool | None, cfg: ShardsConfig,
-    folder: Path, workers: int,
+    split: EvalSplit, folder: Path, workers: int,
 ) -> pa.Table:  # fmt: skip
     """Build every tokenized part's files; return the statistics rows (one per part and split)."""
     # Tasks, not actors (as in the tokenize job): a part is read, built and written in one task.
@@ -346,6 +392,7 @@ def _run_workers(
             "special": special,
             "pool": ray.put(pool) if pool is not None else None,
             "cfg": cfg,
+            "split": split,
             "folder": str(folder),
         },
         batch_format="pyarrow",
@@ -357,27 +404,63 @@ def _run_workers(
     return pa.concat_tables(tables) if tables else STATS_SCHEMA.empty_table()
 
 
-def _place_files(folder: Path, stats: pa.Table, cfg: ShardsConfig) -> dict[str, dict[str, Any]]:
-    """Rename each split's files to part-00000… in the order of their tokenized parts; a split without
-    instances gets one empty file, so every split reads back with the right schema."""
-    written = [r for r in stats.to_pylist() if r["file"]]
-    files = {}
+def _file_groups(stats: pa.Table) -> dict[str, list[list[dict[str, Any]]]]:
+    """Per split, the statistics rows of its written files in tokenized-part order, cut into runs of at most
+    `TARGET_FILE_BYTES` (a larger file is a run of its own). Depends only on the files, not on the worker count."""
+    written = sorted((r for r in stats.to_pylist() if r["file"]), key=lambda r: r["unit"])
+    groups: dict[str, list[list[dict[str, Any]]]] = {}
     for split in SPLITS:
+        runs: list[list[dict[str, Any]]] = []
+        size = 0
+        for row in (r for r in written if r["split"] == split):
+            if not runs or size + row["bytes"] > TARGET_FILE_BYTES:
+                runs.append([])
+                size = 0
+            runs[-1].append(row)
+            size += row["bytes"]
+        groups[split] = runs
+    return groups
+
+
+@ray.remote(num_cpus=1)
+def _merge(sources: list[str], target: str) -> dict[str, Any]:
+    """Ray task: concatenate `sources` into `target` one row group at a time (memory: one row group); its
+    manifest entry. Sources are left for the driver to delete, so a retried task can start over."""
+    with pq.ParquetWriter(target, pq.read_schema(sources[0]), compression="zstd") as writer:
+        for source in sources:
+            file = pq.ParquetFile(source)
+            for rg in range(file.num_row_groups):
+                writer.write_table(file.read_row_group(rg))  # a row group in, the same row group out
+    path = Path(target)
+    return {
+        "sha256": sha256_file(path),
+        "rows": pq.ParquetFile(path).metadata.num_rows,
+        "bytes": path.stat().st_size,
+    }
+
+
+def _place_files(folder: Path, stats: pa.Table) -> dict[str, dict[str, Any]]:
+    """Coalesce each split's files (`_file_groups`) into `<split>/part-00000…`: a run of one file is renamed, a
+    longer run merged by a task. A split without instances gets no file (`datasets` cannot read a 0-row one)."""
+    placed: dict[str, Any] = {}
+    for split, runs in _file_groups(stats).items():
         (folder / split).mkdir(exist_ok=True)
-        parts = sorted((r for r in written if r["split"] == split), key=lambda r: r["unit"])
-        for k, row in enumerate(parts):
-            name = f"{split}/part-{k:05d}.parquet"
-            os.replace(folder / split / row["file"], folder / name)
-            files[name] = {"sha256": row["sha256"], "rows": row["instances"], "bytes": row["bytes"]}
-        if not parts:
-            name = f"{split}/part-00000.parquet"
-            pq.write_table(row_schema(cfg).empty_table(), folder / name, compression="zstd")
-            files[name] = {
-                "sha256": sha256_file(folder / name),
-                "rows": 0,
-                "bytes": (folder / name).stat().st_size,
-            }
-    return files
+        for k, run in enumerate(runs):
+            name, sources = f"{split}/part-{k:05d}.parquet", [folder / split / r["file"] for r in run]
+            if len(run) == 1:
+                os.replace(sources[0], folder / name)
+                placed[name] = {
+                    "sha256": run[0]["sha256"],
+                    "rows": run[0]["instances"],
+                    "bytes": run[0]["bytes"],
+                }
+            else:
+                placed[name] = _merge.remote([str(p) for p in sources], str(folder / name))
+    merged = [name for name, entry in placed.items() if isinstance(entry, ray.ObjectRef)]
+    placed.update(zip(merged, ray.get([placed[name] for name in merged]), strict=True))
+    for leftover in folder.glob("*/.unit-*.parquet"):
+        leftover.unlink()
+    return placed
 
 
 def _statistics(stats: pa.Table, cfg: ShardsConfig) -> dict[str, Any]:
@@ -443,16 +526,21 @@ def build_shards(
     tokenized = tokenize_corpus(home, source, tok, workers)
     parts = part_files(tokenized)
     ensure_ray()  # a reused tokenized build started nothing
-    pool = build_pool(parts, tok.vocab_size, cfg) if cfg.single_sentence_negatives else None
+    split = eval_split(parts, cfg.eval_share)
+    pool = build_pool(parts, tok.vocab_size, cfg, split) if cfg.single_sentence_negatives else None
     try:
         with atomic_directory(target) as tmp:
-            stats = _run_workers(parts, tok.word_start_mask(), special_ids(tok), pool, cfg, tmp, workers)
-            placed = _place_files(tmp, stats, cfg)
+            stats = _run_workers(
+                parts, tok.word_start_mask(), special_ids(tok), pool, cfg, split, tmp, workers
+            )
+            placed = _place_files(tmp, stats)
             manifest = {
                 "id": sid,
                 **lineage,
                 "pool": {"documents": len(pool), "limit": POOL_DOCUMENTS} if pool is not None else None,
+                "eval_floor": split.floor,  # held out although its hash is not below eval_share
                 "statistics": _statistics(stats, cfg),
+                "empty_splits": [s for s in SPLITS if not any(f.startswith(f"{s}/") for f in placed)],
                 "files": placed,
                 "sha256": hashlib.sha256(json.dumps(placed, sort_keys=True).encode()).hexdigest(),
                 "tokenized": tokenized["id"],
@@ -479,6 +567,7 @@ def _summary(manifest: dict[str, Any], path: Path, *, reused: bool, started: flo
         "tokens": stats["tokens"],
         "statistics": {k: v for k, v in stats.items() if k not in SPLITS},
         "files": len(manifest["files"]),
+        "empty_splits": manifest.get("empty_splits", []),
         "reused": reused,
         "seconds": round(time.perf_counter() - started, 2),
     }
@@ -494,7 +583,7 @@ def load_manifest(home: Path, shard_id: str) -> dict[str, Any]:
             f"unknown shards {shard_id!r}: {path} does not exist (`albert shards build` prints ids)"
         )
     manifest = read_json(path)
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in READABLE_FORMATS:
         raise UserError(
             f"shards {shard_id} have format {manifest.get('format')!r}, this version reads {FORMAT}; rebuild them"
         )
@@ -541,4 +630,6 @@ def read_shards(home: Path, shard_id: str, split: str) -> ray.data.Dataset:
         if not found.equals(expected):
             raise UserError(f"{path} does not have the schema of format {FORMAT} shards; rebuild them")
     ensure_ray()
+    if not paths:  # an empty split has no file
+        return ray.data.from_arrow(expected.empty_table())
     return ray.data.read_parquet([str(p) for p in paths])

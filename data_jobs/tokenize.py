@@ -80,12 +80,14 @@ class Unit:
 
 
 def plan_units(files: list[str]) -> list[Unit]:
-    """Slices of about `UNIT_BYTES` (uncompressed) per row group, in file and row order."""
+    """Slices of about `UNIT_BYTES` (uncompressed) per non-empty row group, in file and row order."""
     units: list[Unit] = []
     for file in files:
         meta = pq.ParquetFile(file).metadata
         for rg in range(meta.num_row_groups):
             rows = meta.row_group(rg).num_rows
+            if not rows:  # no part for it: a 0-row Parquet file breaks `datasets`
+                continue
             wanted = math.ceil(meta.row_group(rg).total_byte_size / UNIT_BYTES)
             slices = max(1, min(rows, MAX_SLICES, wanted))
             bounds = [rows * k // slices for k in range(slices + 1)]

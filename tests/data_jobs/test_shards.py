@@ -20,6 +20,7 @@ import ray
 from albert_core.errors import UserError
 from albert_core.storage import sha256_file
 from albert_core.tokenizer import SentencePieceTokenizer
+from data_jobs import shards
 from data_jobs.shards import (
     ShardsConfig,
     build_shards,
@@ -45,8 +46,11 @@ KEY = [("doc_id", "ascending"), ("pass_index", "ascending"), ("index", "ascendin
 
 
 def all_rows(path: Path) -> pa.Table:
-    """Both splits of a shard folder, sorted by the stable key (doc_id, pass_index, index)."""
-    splits = [pds.dataset(path / split).to_table() for split in ("train", "eval")]
+    """Both splits of a shard folder, sorted by the stable key (doc_id, pass_index, index); an empty split has no
+    file."""
+    splits = [
+        pds.dataset(path / split).to_table() for split in ("train", "eval") if any((path / split).iterdir())
+    ]
     return pa.concat_tables(splits).sort_by(KEY)
 
 
@@ -215,7 +219,36 @@ def test_manifest_records_lineage_and_files(en_static: Built, home: Path) -> Non
     assert stats["text_bytes"] == sum(len(s.encode()) for d in en_static.docs.values() for s in d)
     assert stats["tokens"] == summary["tokens"] == int(en_static.column("attention_mask").sum())
     assert summary["reused"] is False and summary["tokenizer"] == "wiki"
+    assert m["eval_floor"] is None and m["empty_splits"] == summary["empty_splits"] == []
     assert not [p for p in (home / "shards").iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_small_builds_write_one_file_per_split(en_static: Built, home: Path) -> None:
+    """The 4 tokenized parts of WikiText each gave a train and an eval file; they are coalesced."""
+    tokenized = json.loads(
+        (home / "tokenized" / en_static.manifest["tokenized"] / "manifest.json").read_text()
+    )
+    assert len(tokenized["files"]) >= 4
+    assert sorted(en_static.manifest["files"]) == ["eval/part-00000.parquet", "train/part-00000.parquet"]
+    assert sorted(
+        p.relative_to(en_static.path).as_posix() for p in en_static.path.rglob("*.parquet")
+    ) == sorted(en_static.manifest["files"])
+
+
+def test_file_groups_follow_parts_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shards, "TARGET_FILE_BYTES", 100)
+    rows = [  # arrival order, not part order; unit 2 wrote no eval file
+        {"split": "train", "unit": 2, "file": "c", "bytes": 30},
+        {"split": "train", "unit": 0, "file": "a", "bytes": 60},
+        {"split": "eval", "unit": 0, "file": "x", "bytes": 5},
+        {"split": "train", "unit": 1, "file": "b", "bytes": 50},
+        {"split": "train", "unit": 3, "file": "d", "bytes": 300},
+        {"split": "eval", "unit": 1, "file": "y", "bytes": 5},
+        {"split": "eval", "unit": 2, "file": None, "bytes": 0},
+    ]
+    groups = shards._file_groups(pa.Table.from_pylist(rows))
+    files = {split: [[r["file"] for r in run] for run in runs] for split, runs in groups.items()}
+    assert files == {"train": [["a"], ["b", "c"], ["d"]], "eval": [["x", "y"]]}
 
 
 # --- the ALBERT recipe, measured on the written rows ---------------------------------------------------------------
@@ -433,16 +466,38 @@ def test_schema_mismatch_is_a_user_error(en_static: Built, home: Path) -> None:
 
 def test_without_negatives_or_eval_split(home: Path, chinese: dict) -> None:
     """No pool; one-sentence documents give no instances, so every label is a true order label; an empty split
-    still reads back, with the shard schema."""
+    has no file (a 0-row Parquet file breaks `datasets`), is named in the summary and reads back empty."""
     cfg = ShardsConfig(max_seq_len=MAX_SEQ_LEN, eval_share=0.0, single_sentence_negatives=False)
     summary = build_shards("zhwiki", "zhwiki", home=home, workers=2, cfg=cfg)
     manifest = load_manifest(home, summary["id"])
     assert manifest["pool"] is None and summary["statistics"]["single_sentence_negative_fraction"] == 0
     assert summary["instances"]["eval"] == 0 and read_shards(home, summary["id"], "eval").count() == 0
-    assert list(manifest["files"]).count("eval/part-00000.parquet") == 1
+    assert summary["empty_splits"] == manifest["empty_splits"] == ["eval"] and manifest["eval_floor"] is None
+    assert not [name for name in manifest["files"] if name.startswith("eval/")]
     rows = all_rows(Path(summary["path"]))
     single = {doc_id for doc_id, sentences in chinese.items() if len(sentences) == 1}
     assert single and not single & set(rows["doc_id"].to_pylist())
     labels = np.asarray(rows["sop_label"])
     assert labels.mean() == pytest.approx(summary["statistics"]["swapped_fraction"], abs=1e-6)
     assert abs(labels.mean() - 0.5) < 0.03
+
+
+def test_a_small_corpus_holds_out_one_document(home: Path, english: dict) -> None:
+    """48 articles of which none hashes below the default eval_share 0.01 (62 documents did in issue 14): the one
+    with the smallest hash is held out, no file has 0 rows and `datasets` reads every file."""
+    small = {d: s for d, s in english.items() if not held_out(d, 0.01)}
+    small = dict(sorted(small.items())[:48])
+    publish(home, "small", small, files=2)
+    summary = build_shards("small", "wiki", home=home, workers=2, cfg=ShardsConfig(max_seq_len=MAX_SEQ_LEN))
+    manifest = load_manifest(home, summary["id"])
+    digest = lambda d: hashlib.blake2b(f"eval\x00{d}".encode(), digest_size=8).digest()  # noqa: E731
+    floor = min(small, key=lambda d: int.from_bytes(digest(d), "little"))
+    assert manifest["eval_floor"] == floor and manifest["statistics"]["eval"]["documents"] == 1
+    assert summary["instances"]["eval"] > 0 and summary["empty_splits"] == []
+    held = pds.dataset(Path(summary["path"]) / "eval").to_table()["doc_id"].to_pylist()
+    assert set(held) == {floor} and read_shards(home, summary["id"], "eval").count() == len(held)
+    assert manifest["pool"]["documents"] == len(small) - 1  # the floor document is not in the pool
+    files = [str(Path(summary["path"]) / name) for name in manifest["files"]]
+    assert all(pq.ParquetFile(f).metadata.num_rows > 0 for f in files)
+    hf = datasets.Dataset.from_parquet(files, cache_dir=str(home / "hf-cache"))
+    assert len(hf) == sum(summary["instances"].values())
