@@ -3,15 +3,24 @@
     from data_jobs.ingest import IngestConfig, ingest
     summary = ingest(["../shared/corpora"], "demo", home=albert_home(), cfg=IngestConfig())
 
-Steps: resolve the paths into sources (`data_jobs.sources`), read them with Ray Data into one stream of documents,
-quarantined items and per-source counts, materialise it, then, holding the corpus lock (concurrent ingestions of
-one corpus read in parallel and take turns from here, each deduplicating against and descending from the versions
-published before it), two passes on the driver: (1) merge the counts and pick, for every content hash, the
-document that is kept (the smallest (source, position); hashes already in an earlier version of the corpus are
-not new); (2) inside `publish_version`'s build folder, stream the kept documents into `docs-00000.parquet`, …
-(a new file every ~64 MB) and every quarantined item into `quarantine.parquet`. A version holds only the documents
-new to the corpus, with the previous version as its parent (the corpus is the union of its versions); a run that
-finds no new document publishes nothing and says so.
+Three waves of Ray tasks, each writing its own files into a build folder, so no stage passes the corpus through
+the driver (which holds one small result per task) and memory per task is bounded by `range_mb`, whatever the
+file sizes:
+
+1. read: one task per work unit (`data_jobs.sources.plan_units`: small files packed together, large text and JSONL
+   files cut into byte ranges at document boundaries) parses its input into documents, quarantined items and
+   counts, and writes them with a keys file (content hash, position) for deduplication;
+2. dedup: holding the corpus lock (concurrent ingestions of one corpus read in parallel and take turns from
+   here, each deduplicating against and descending from the versions published before it), one task per hash
+   bucket chooses which copy of each content hash is kept (`data_jobs.dedup`): the first in (source, position)
+   order, none when an earlier version of the corpus has it;
+3. write: inside `publish_version`'s build folder, one task per unit writes its kept documents (ids and line
+   numbers of file ranges completed from the counts of the ranges before) as `docs-*.parquet`; the driver
+   renames them in order and streams the quarantined items into `quarantine.parquet`.
+
+A version holds only the documents new to the corpus, with the previous version as its parent (the corpus is the
+union of its versions); a run that finds no new document publishes nothing and says so. The result (rows, ids,
+counts) is the same for any worker count and range size.
 
 Nothing is dropped silently: per source `lines_in = lines_accepted + lines_quarantined + separators`, and
 `documents_in = new_documents + duplicates_within + duplicates_previous`, both in the manifest and the summary.
@@ -21,9 +30,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
+import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +45,7 @@ import pyarrow.parquet as pq
 import ray
 
 from albert_core.errors import UserError
+from albert_core.storage import build_folder
 from data_jobs.corpus import (
     DOCS_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -42,12 +55,17 @@ from data_jobs.corpus import (
     list_versions,
     publish_version,
 )
-from data_jobs.layouts import COUNTS, DOC, LAYOUTS, QUARANTINE
+from data_jobs.dedup import bucket_digits, find_losers, unit_keys, unit_losers, write_keys
+from data_jobs.layouts import COUNTS, DOC, LAYOUTS, QUARANTINE, Items
 from data_jobs.ray_runtime import ensure_ray
-from data_jobs.sources import Plan, read_items, resolve_sources
+from data_jobs.sources import Plan, RangeUnit, Unit, plan_units, resolve_sources
 
 FORMATS = ("text", "jsonl", "parquet", "hf")
-DOCS_FILE_BYTES = 64 << 20  # Arrow bytes per docs-*.parquet file (before compression)
+# Peak memory of a read task per byte of its range (Python strings of lines and sentences, Arrow copies),
+# measured: ~6x on the one-sentence-per-line layout; asked of Ray so tasks never overcommit a node.
+READ_MEMORY_PER_BYTE = 8
+READ_MEMORY_FLOOR = 256 << 20
+PART_COLUMNS = [*DOCS_SCHEMA.names, "ordinal"]  # the read tasks' documents: ordinal completes ranges' ids
 # Every source reports these, zero when no task counted any (e.g. an empty Parquet file has no row group).
 COUNT_KEYS = ("lines_in", "lines_accepted", "lines_quarantined", "separators", "documents", "empty_documents")
 COUNT_KEYS += ("sentences", "control_chars_removed")
@@ -63,6 +81,13 @@ class IngestConfig:
     pre_split: bool = False  # lines are sentences already: do not split them
     encoding: str = "utf-8"  # "utf-8" (strict), "auto" (detect, recorded per source) or a codec name
     max_line_bytes: int = 1_000_000  # longer lines (and JSONL rows) are quarantined
+    range_mb: float = (
+        32.0  # input per task: larger text and JSONL files are cut into ranges of about this size
+    )
+
+    @property
+    def range_bytes(self) -> int:
+        return max(1, int(self.range_mb * (1 << 20)))
 
     def validated(self) -> IngestConfig:
         """This config with the codec name normalised; a UserError for values that cannot work."""
@@ -72,6 +97,8 @@ class IngestConfig:
             raise UserError(f"unknown layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
         if self.max_line_bytes < 1:
             raise UserError(f"max_line_bytes must be positive, got {self.max_line_bytes}")
+        if not self.range_mb > 0:
+            raise UserError(f"range_mb must be positive, got {self.range_mb}")
         if self.encoding == "auto":
             return self
         try:
@@ -84,11 +111,11 @@ class IngestConfig:
 
 @dataclass
 class Tally:
-    """Pass 1: merged per-source counts and, per new content hash, the (source, ordinal) of the kept document."""
+    """Merged per-source counts (from the read tasks) and the dedup counts (from the bucket tasks)."""
 
     sources: dict[str, dict[str, Any]]
-    winners: dict[str, tuple[str, int]] = field(default_factory=dict)
     documents_in: int = 0
+    new_documents: int = 0
     duplicates_previous: int = 0
 
 
@@ -104,69 +131,94 @@ def ingest(
     """
     started = time.perf_counter()
     cfg = cfg.validated()
-    corpus_root(home, corpus)  # validates the name before any work
+    root = corpus_root(home, corpus)  # validates the name before any work
     plan = resolve_sources(paths, cfg.format)
+    units = plan_units(plan, cfg)
     ensure_ray()
-    items = read_items(plan, cfg).materialize()
     written: dict[str, int] = {}
     version = None
-    with corpus_lock(home, corpus):
-        previous = list_versions(home, corpus)
-        tally = tally_items(items, plan, previous_hashes(previous))
-        parent = previous[-1] if previous else None
-        if tally.winners:
+    # The read wave's files live in a build folder of their own (swept like any after a kill).
+    with build_folder(root, ".build-") as work:
+        memory = max(READ_MEMORY_FLOOR, READ_MEMORY_PER_BYTE * cfg.range_bytes)
+        reads = run_tasks(read_unit, [(u, cfg, str(work)) for u in units], "read", memory=memory)
+        tally = Tally(sources=merge_counts(plan, reads))
+        with corpus_lock(home, corpus):
+            previous = list_versions(home, corpus)
+            parent = previous[-1] if previous else None
+            deduplicate(work, reads, parent, tally)
+            if tally.new_documents:
 
-            def build(folder: Path) -> dict[str, Any]:
-                written.update(write_version(folder, items, tally))
-                return manifest_body(paths, plan, cfg, tally, written)
+                def build(folder: Path) -> dict[str, Any]:
+                    written.update(write_version(folder, work, units, reads))
+                    return manifest_body(paths, plan, cfg, tally, written)
 
-            version = publish_version(home, corpus, build, parent=parent)
+                version = publish_version(home, corpus, build, parent=parent)
     summary = summarize(corpus, plan, tally, written, version, parent)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
 
 
-def previous_hashes(versions: list[CorpusVersion]) -> set[str]:
-    """Content hashes of every document in earlier versions (only that column is read); the latest version's
-    snapshot holds all of them."""
-    hashes: set[str] = set()
-    for path in versions[-1].doc_files() if versions else []:
-        hashes.update(pq.read_table(path, columns=["content_hash"]).column("content_hash").to_pylist())
-    return hashes
+def run_tasks(
+    fn: Callable[..., Any], calls: Sequence[tuple], what: str, memory: int | None = None
+) -> list[Any]:
+    """`fn(*args)` for every args tuple as Ray tasks (one CPU each); results in call order. Progress on stderr
+    when it is a terminal."""
+    remote = ray.remote(num_cpus=1, memory=memory, max_retries=2)(fn)
+    refs = [remote.remote(*args) for args in calls]
+    pending, done = list(refs), 0
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
+        done += len(ready)
+        if sys.stderr.isatty():
+            print(f"\ringest: {what} {done}/{len(refs)}", end="" if pending else "\n", file=sys.stderr)
+    return ray.get(refs)
 
 
-def _kind(batch: pa.Table, kind: str) -> pa.Table:
-    return batch.filter(pc.equal(batch.column("kind"), kind))
+def _kind(table: pa.Table, kind: str) -> pa.Table:
+    return table.filter(pc.equal(table.column("kind"), kind))
 
 
-def _doc_keys(docs: pa.Table) -> list[tuple[str, int]]:
-    """(source, ordinal) of each document: the order that decides which of several duplicates is kept."""
-    return list(zip(docs.column("source").to_pylist(), docs.column("ordinal").to_pylist(), strict=True))
+def _part(work: str | Path, kind: str, index: int) -> Path:
+    return Path(work) / f"{kind}-{index:06d}.parquet"
 
 
-def tally_items(items: ray.data.Dataset, plan: Plan, seen: set[str]) -> Tally:
-    """Pass 1 over the item stream: counts per source, and which document keeps each new content hash."""
-    tally = Tally(
-        sources={s.name: {"path": s.path, "source": s.name, "format": s.format} for s in plan.sources}
-    )
-    for batch in items.iter_batches(batch_format="pyarrow", batch_size=None):
-        for name, counts in zip(
-            *_kind(batch, COUNTS).select(["source", "counts"]).to_pydict().values(), strict=True
-        ):
-            _merge_counts(tally.sources[name], json.loads(counts))
-        docs = _kind(batch, DOC)
-        for digest, key in zip(docs.column("content_hash").to_pylist(), _doc_keys(docs), strict=True):
-            tally.documents_in += 1
-            if digest in seen:
-                tally.duplicates_previous += 1
-            elif digest not in tally.winners or key < tally.winners[digest]:
-                tally.winners[digest] = key
-    for counts in tally.sources.values():
+def read_unit(unit: Unit, cfg: IngestConfig, work: str) -> dict[str, Any]:
+    """Read task: parse one unit; write its documents (with their keys) and quarantined items into `work`.
+    Returns its counts per source and how many documents it wrote."""
+    items = Items()
+    unit.read(cfg, items)
+    table = items.table()
+    docs = _kind(table, DOC)
+    if docs.num_rows:
+        pq.write_table(docs.select(PART_COLUMNS), _part(work, "docs", unit.index))
+        write_keys(
+            _part(work, "keys", unit.index), docs.column("content_hash"), unit_keys(unit.index, docs.num_rows)
+        )
+    quarantined = _kind(table, QUARANTINE).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
+    if quarantined.num_rows:
+        pq.write_table(quarantined, _part(work, "quarantine", unit.index))
+    counts = _kind(table, COUNTS)
+    return {
+        "index": unit.index,
+        "documents": docs.num_rows,
+        "counts": list(
+            zip(counts["source"].to_pylist(), map(json.loads, counts["counts"].to_pylist()), strict=True)
+        ),
+    }
+
+
+def merge_counts(plan: Plan, reads: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Counts per source, summed over the read tasks."""
+    sources = {s.name: {"path": s.path, "source": s.name, "format": s.format} for s in plan.sources}
+    for read in reads:
+        for name, counts in read["counts"]:
+            _merge_counts(sources[name], counts)
+    for counts in sources.values():
         counts["unit"] = "lines" if counts["format"] in ("text", "jsonl") else "rows"
         for name in COUNT_KEYS:
             counts.setdefault(name, 0)
         counts.setdefault("quarantined", {})
-    return tally
+    return sources
 
 
 def _merge_counts(into: dict[str, Any], counts: dict[str, Any]) -> None:
@@ -180,61 +232,106 @@ def _merge_counts(into: dict[str, Any], counts: dict[str, Any]) -> None:
             into.setdefault(key, value)
 
 
-class _DocsWriter:
-    """docs-00000.parquet, docs-00001.parquet, …: streamed, a new file once DOCS_FILE_BYTES have gone in."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.files = 0
-        self.writer: pq.ParquetWriter | None = None
-        self.size = 0  # Arrow bytes written to the open file
-        self.stats = Counter(documents=0, sentences=0, bytes=0)
-
-    def write(self, docs: pa.Table) -> None:
-        if not docs.num_rows:
-            return
-        if self.writer is None:
-            path = self.folder / f"docs-{self.files:05d}.parquet"
-            self.writer = pq.ParquetWriter(path, DOCS_SCHEMA, compression="zstd")
-            self.files += 1
-        self.writer.write_table(docs)
-        self.size += docs.nbytes
-        sentences = pc.list_flatten(docs.column("sentences"))
-        self.stats["documents"] += docs.num_rows
-        self.stats["sentences"] += len(sentences)
-        self.stats["bytes"] += pc.sum(pc.binary_length(sentences)).as_py() or 0
-        if self.size >= DOCS_FILE_BYTES:
-            self.close()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.writer, self.size = None, 0
+def deduplicate(work: Path, reads: list[dict[str, Any]], parent: CorpusVersion | None, tally: Tally) -> None:
+    """Dedup wave: one task per hash bucket writes `losers-*.parquet` into `work`; counts go into `tally`."""
+    documents = sum(r["documents"] for r in reads)
+    if not documents:
+        return
+    previous = parent.doc_files() if parent else []
+    previous_documents = sum(pq.ParquetFile(p).metadata.num_rows for p in previous)
+    digits = bucket_digits(documents + previous_documents)
+    keys = sorted(work.glob("keys-*.parquet"))
+    calls = [(b, digits, keys, previous, _part(work, "losers", b)) for b in range(16**digits)]
+    for counts in run_tasks(find_losers, calls, "dedup"):
+        tally.documents_in += counts["documents_in"]
+        tally.new_documents += counts["new_documents"]
+        tally.duplicates_previous += counts["duplicates_previous"]
 
 
-def write_version(folder: Path, items: ray.data.Dataset, tally: Tally) -> dict[str, int]:
-    """Pass 2: the kept documents into docs-*.parquet, every quarantined item into quarantine.parquet."""
-    docs_writer = _DocsWriter(folder)
-    with pq.ParquetWriter(folder / "quarantine.parquet", QUARANTINE_SCHEMA, compression="zstd") as quarantine:
-        for batch in items.iter_batches(batch_format="pyarrow", batch_size=None):
-            docs = _kind(batch, DOC)
-            hashes = docs.column("content_hash").to_pylist()
-            keep = [tally.winners.get(h) == key for h, key in zip(hashes, _doc_keys(docs), strict=True)]
-            docs_writer.write(
-                docs.filter(pa.array(keep, pa.bool_())).select(DOCS_SCHEMA.names).cast(DOCS_SCHEMA)
+@dataclass(frozen=True)
+class Offsets:
+    """What the ranges of a file before this one owned: documents (rows for JSONL) and lines."""
+
+    ordinals: int = 0
+    lines: int = 0
+
+
+def range_offsets(units: list[Unit], reads: list[dict[str, Any]]) -> dict[int, Offsets]:
+    """Offsets of every range after the first of its file, from the counts of the ranges before it."""
+    offsets: dict[int, Offsets] = {}
+    running: dict[str, Offsets] = {}
+    for unit, read in zip(units, reads, strict=True):
+        if not isinstance(unit, RangeUnit):
+            continue
+        before = running.get(unit.source.name, Offsets())
+        if before != Offsets():
+            offsets[unit.index] = before
+        ((_, counts),) = read["counts"]
+        jsonl = unit.source.format == "jsonl"
+        owned = counts["lines_in"] - counts.get("separators", 0) if jsonl else counts.get("documents", 0)
+        running[unit.source.name] = Offsets(before.ordinals + owned, before.lines + counts["lines_in"])
+    return offsets
+
+
+def write_unit(index: int, work: str, folder: str, offsets: Offsets | None) -> dict[str, int]:
+    """Write task: the unit's kept documents into `folder` (`docs-u<index>.parquet`, not when there are none),
+    its quarantined items' line numbers completed in place. Returns what it wrote."""
+    stats = Counter(documents=0, sentences=0, bytes=0)
+    offsets = offsets or Offsets()
+    docs_path = _part(work, "docs", index)
+    if docs_path.exists():
+        docs = pq.read_table(docs_path)
+        losers = unit_losers(index, sorted(Path(work).glob("losers-*.parquet")))
+        docs = docs.filter(pc.invert(pc.is_in(unit_keys(index, docs.num_rows), value_set=losers)))
+        if offsets.ordinals:
+            ordinal = pc.add(docs.column("ordinal"), offsets.ordinals)
+            ids = pc.binary_join_element_wise(docs.column("source"), pc.cast(ordinal, pa.string()), ":")
+            docs = docs.set_column(docs.schema.get_field_index("id"), "id", ids)
+        if docs.num_rows:
+            pq.write_table(
+                docs.select(DOCS_SCHEMA.names).cast(DOCS_SCHEMA),
+                Path(folder) / f"docs-u{index:06d}.parquet",
+                compression="zstd",
             )
-            quarantined = _kind(batch, QUARANTINE).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA)
-            if quarantined.num_rows:
-                quarantine.write_table(quarantined)
-    docs_writer.close()
-    return {**docs_writer.stats, "doc_files": docs_writer.files}
+            sentences = pc.list_flatten(docs.column("sentences"))
+            stats.update(
+                documents=docs.num_rows,
+                sentences=len(sentences),
+                bytes=pc.sum(pc.binary_length(sentences)).as_py() or 0,
+            )
+    quarantine_path = _part(work, "quarantine", index)
+    if offsets.lines and quarantine_path.exists():
+        table = pq.read_table(quarantine_path)
+        line = table.column("line")
+        line = pc.if_else(pc.greater(line, 0), pc.add(line, offsets.lines), line)
+        pq.write_table(table.set_column(table.schema.get_field_index("line"), "line", line), quarantine_path)
+    return dict(stats)
+
+
+def write_version(folder: Path, work: Path, units: list[Unit], reads: list[dict[str, Any]]) -> dict[str, int]:
+    """Write wave: kept documents into docs-00000.parquet, … (in unit order), every quarantined item into
+    quarantine.parquet."""
+    offsets = range_offsets(units, reads)
+    calls = [(u.index, str(work), str(folder), offsets.get(u.index)) for u in units]
+    totals: Counter[str] = Counter()
+    for stats in run_tasks(write_unit, calls, "write"):
+        totals.update(stats)
+    files = sorted(folder.glob("docs-u*.parquet"))
+    for number, path in enumerate(files):
+        os.rename(path, folder / f"docs-{number:05d}.parquet")
+    # Quarantined items are few and small (raw bytes cut to RAW_LIMIT): streamed, one task's part at a time.
+    with pq.ParquetWriter(folder / "quarantine.parquet", QUARANTINE_SCHEMA, compression="zstd") as out:
+        for path in sorted(work.glob("quarantine-*.parquet")):
+            for batch in pq.ParquetFile(path).iter_batches():
+                out.write_batch(batch)
+    return {**totals, "doc_files": len(files)}
 
 
 def _totals(plan: Plan, tally: Tally, written: dict[str, int]) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     for counts in tally.sources.values():
         reasons.update(counts.get("quarantined", {}))
-    new = len(tally.winners)
+    new = tally.new_documents
     return {
         "documents": written.get("documents", 0),
         "sentences": written.get("sentences", 0),

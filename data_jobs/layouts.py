@@ -92,6 +92,11 @@ MAX_SENTENCES_PER_LINE = 1.5
 DETECT_SAMPLE = 2000  # lines whose sentences are counted (spread over the file)
 
 
+def is_title(stripped: str) -> bool:
+    """A WikiText ` = Title = ` line (stripped), which starts a document."""
+    return bool(_TITLE.match(stripped))
+
+
 # --- items ------------------------------------------------------------------------------------------------------
 
 
@@ -199,12 +204,13 @@ def split_lines(text: str, raw: bytes, encoding: str) -> tuple[list[str], bytes,
 
 
 def _decoded_lines(
-    raw: bytes, source: str, cfg: IngestConfig, items: Items
+    raw: bytes, source: str, cfg: IngestConfig, items: Items, offset: int
 ) -> tuple[list[str], bytes, list[tuple[int, int]], str] | None:
-    """Decode step shared by text and JSONL files: a file that fails is quarantined whole (None returned)."""
+    """Decode step shared by text and JSONL files: a file (or a range of one, `offset` bytes in) that fails is
+    quarantined whole (None returned)."""
     result = decode(raw, cfg.encoding)
     if isinstance(result, Refusal):
-        items.quarantine(source, "decode", result.reason, raw, offset=result.offset)
+        items.quarantine(source, "decode", result.reason, raw, offset=offset + result.offset)
         lines = len(_spans(raw))
         items.counts(source, bytes=len(raw), lines_in=lines, lines_quarantined=lines, encoding=None)
         return None
@@ -225,7 +231,7 @@ def detect_layout(lines: Sequence[str]) -> Layout:
     text = [line.strip() for line in lines if line.strip()]
     if not text:
         return "documents"
-    if sum(1 for line in text if _TITLE.match(line)) >= 2:
+    if sum(1 for line in text if is_title(line)) >= 2:
         return "wikitext"
     low, high = WRAP_WIDTH
     wrapped = sum(low <= len(line) <= high for line in text) / len(text)
@@ -252,7 +258,7 @@ def group_documents(lines: Sequence[str | None], layout: Layout) -> tuple[list[l
         if line is None:
             continue
         stripped = line.strip()
-        title = layout == "wikitext" and bool(_TITLE.match(stripped))
+        title = layout == "wikitext" and is_title(stripped)
         if title or not stripped or (layout == "wikitext" and _SECTION.match(stripped)):
             separators += 1
             if current and (title or layout in ("sentences", "paragraphs")):
@@ -284,9 +290,9 @@ def document_sentences(lines: Sequence[str], layout: Layout, pre_split: bool) ->
 # --- per-file and per-row steps ---------------------------------------------------------------------------------
 
 
-def text_items(raw: bytes, source: str, cfg: IngestConfig, items: Items) -> None:
+def text_items(raw: bytes, source: str, cfg: IngestConfig, items: Items, offset: int = 0) -> None:
     """A text file: decode, quarantine long lines, normalise, detect the layout, group and split documents."""
-    decoded = _decoded_lines(raw, source, cfg, items)
+    decoded = _decoded_lines(raw, source, cfg, items, offset)
     if decoded is None:
         return
     lines, raw, spans, encoding = decoded
@@ -294,7 +300,9 @@ def text_items(raw: bytes, source: str, cfg: IngestConfig, items: Items) -> None
     removed = 0
     for number, (line, (start, end)) in enumerate(zip(lines, spans, strict=True), start=1):
         if end - start > cfg.max_line_bytes:
-            items.quarantine(source, "lines", "line_too_long", raw[start:end], line=number, offset=start)
+            items.quarantine(
+                source, "lines", "line_too_long", raw[start:end], line=number, offset=offset + start
+            )
             kept.append(None)
             continue
         text, n = normalize_counted(line)
@@ -355,9 +363,9 @@ def _json_text(line: str, field: str) -> tuple[str | None, str | None]:
     return row[field], None
 
 
-def jsonl_items(raw: bytes, source: str, cfg: IngestConfig, items: Items) -> None:
+def jsonl_items(raw: bytes, source: str, cfg: IngestConfig, items: Items, offset: int = 0) -> None:
     """A JSONL file: decode, then one document per row; bad rows are quarantined with their line number."""
-    decoded = _decoded_lines(raw, source, cfg, items)
+    decoded = _decoded_lines(raw, source, cfg, items, offset)
     if decoded is None:
         return
     lines, raw, spans, encoding = decoded
@@ -371,7 +379,7 @@ def jsonl_items(raw: bytes, source: str, cfg: IngestConfig, items: Items) -> Non
             (None, "line_too_long") if end - start > cfg.max_line_bytes else _json_text(line, cfg.text_field)
         )
         if problem:
-            items.quarantine(source, "parse", problem, raw[start:end], line=number, offset=start)
+            items.quarantine(source, "parse", problem, raw[start:end], line=number, offset=offset + start)
             stats["lines_quarantined"] += 1
         else:
             _row_document(text, source, row, cfg, items, stats)
@@ -381,12 +389,10 @@ def jsonl_items(raw: bytes, source: str, cfg: IngestConfig, items: Items) -> Non
     items.counts(source, bytes=len(raw), lines_in=len(lines), layout=layout, encoding=encoding, **stats)
 
 
-def row_items(texts: list[str | None], rows: list[int], source: str, cfg: IngestConfig) -> pa.Table:
+def row_items(texts: list[str | None], rows: list[int], source: str, cfg: IngestConfig, items: Items) -> None:
     """Rows of a Parquet or HF text column: one document each, ordinal = row number in the source."""
-    items = Items()
     stats: Counter[str] = Counter()
     for text, row in zip(texts, rows, strict=True):
         _row_document(text, source, row, cfg, items, stats)
     layout = cfg.layout or "documents"
     items.counts(source, lines_in=len(texts), lines_accepted=len(texts), layout=layout, **stats)
-    return items.table()

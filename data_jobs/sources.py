@@ -1,11 +1,11 @@
-"""Ingestion sources: from the paths a user gives to one Ray Data stream of items (`layouts.ITEM_SCHEMA`).
+"""Ingestion sources: from the paths a user gives to work units, each about `range_bytes` of input for one task.
 
-Text and JSONL files are read whole by `ray.data.read_binary_files` (raw bytes, so a bad file or row can be
-quarantined with its original bytes). Parquet files are read by row group in Ray tasks, with the number of each
-group's first row taken from the footer: `ray.data.read_parquet` does not expose row positions, and without them
-a row's id (`file:row`) would depend on the order Ray returns blocks in. A local Hugging Face `datasets` folder
-goes through `datasets.load_from_disk` and `ray.data.from_huggingface` (a row-number column travels with the
-rows); `builtin` is the stdlib-docstring demo corpus. The per-file work is in `data_jobs.layouts`.
+Text and JSONL files are read as raw bytes (so a bad file or row can be quarantined with its original bytes):
+small ones whole, several to a unit; large ones in byte ranges cut at document boundaries (`data_jobs.ranges`),
+with the encoding and layout detected once, on a sample spread over the whole file. Parquet files are read by
+row groups, with the number of each group's first row taken from the footer. A local Hugging Face `datasets`
+folder is read by row ranges (memory-mapped); `builtin` is the stdlib-docstring demo corpus. The per-file work is
+in `data_jobs.layouts`; ingestion (`data_jobs.ingest`) runs one Ray task per unit.
 """
 
 from __future__ import annotations
@@ -14,17 +14,27 @@ import glob
 import json
 import os
 import re
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from albert_core.errors import UserError
-from data_jobs.layouts import Items, jsonl_items, row_items, text_items
+from albert_core.text import normalize_counted
+from data_jobs.layouts import (
+    Items,
+    Layout,
+    Refusal,
+    decode,
+    detect_layout,
+    jsonl_items,
+    looks_binary,
+    row_items,
+    text_items,
+)
+from data_jobs.ranges import cut_rule, owned_span, plan_ranges, sample_bytes, splittable
 
 if TYPE_CHECKING:
     from data_jobs.ingest import IngestConfig
@@ -34,7 +44,6 @@ EXTENSIONS = {"": "text", ".txt": "text", ".text": "text", ".jsonl": "jsonl", ".
 EXTENSIONS[".parquet"] = "parquet"
 HF_MARKERS = ("dataset_info.json", "state.json")  # what `Dataset.save_to_disk` writes beside its Arrow files
 HF_SPLITS = "dataset_dict.json"  # a DatasetDict: {"splits": [...]}, one Dataset folder per split
-HF_ROW = "__albert_row"
 
 
 # --- resolving paths --------------------------------------------------------------------------------------------
@@ -155,42 +164,190 @@ def _add_file(path: str, file_format: str, found: dict[str, str], plan: Plan) ->
     found.setdefault(path, file_format)
 
 
-# --- Ray steps --------------------------------------------------------------------------------------------------
+# --- work units: what one Ray task reads ------------------------------------------------------------------------
+#
+# Units are numbered in (source, position) order and a unit emits its documents in that order too, so
+# (unit index, row in the unit's output) orders documents exactly as (source, position in it) does: the order that
+# decides which of several duplicates is kept. A unit holds about `range_bytes` of input, whatever the file sizes:
+# small files are packed together, large text and JSONL files cut into ranges (`data_jobs.ranges`).
 
 
-def file_items(batch: pa.Table, sources: dict[str, Source], cfg: IngestConfig) -> pa.Table:
-    """Ray `map_batches` step over `read_binary_files` rows (batch_size=1: one whole file per call)."""
-    items = Items()
-    for path, raw in zip(batch["path"].to_pylist(), batch["bytes"].to_pylist(), strict=True):
-        source = sources[path]
-        (jsonl_items if source.format == "jsonl" else text_items)(raw, source.name, cfg, items)
-    return items.table()
+@dataclass(frozen=True)
+class FilesUnit:
+    """Whole text or JSONL files, read and detected one by one, as one task."""
+
+    index: int
+    files: tuple[Source, ...]
+
+    def read(self, cfg: IngestConfig, items: Items) -> None:
+        for source in self.files:
+            with open(source.path, "rb") as f:
+                raw = f.read()
+            (jsonl_items if source.format == "jsonl" else text_items)(raw, source.name, cfg, items)
 
 
-def parquet_items(batch: pa.Table, column: str, cfg: IngestConfig) -> pa.Table:
-    """Ray `map_batches` step over row-group units (batch_size=1): read the text column of one row group."""
-    (unit,) = batch.to_pylist()
-    table = pq.ParquetFile(unit["path"]).read_row_group(unit["row_group"], columns=[column])
-    rows = list(range(unit["first_row"], unit["first_row"] + table.num_rows))
-    return row_items(table.column(column).to_pylist(), rows, unit["source"], cfg)
+@dataclass(frozen=True)
+class RangeUnit:
+    """Bytes `[start, end)` of a large text or JSONL file whose encoding and layout were detected on a sample
+    of the whole file. `ordinal_base` and `line_base` (documents or rows, and lines, owned by the ranges before
+    this one) are only known once every range is read: ingestion adds them when it writes the version."""
+
+    index: int
+    source: Source
+    start: int
+    end: int
+    size: int
+    encoding: str
+    layout: Layout | None  # None for JSONL
+
+    def read(self, cfg: IngestConfig, items: Items) -> None:
+        cfg = replace(cfg, encoding=self.encoding, layout=self.layout or cfg.layout)
+        rule = cut_rule(self.layout, self.encoding, cfg.max_line_bytes)
+        with open(self.source.path, "rb") as f:
+            a, b = owned_span(f, self.start, self.end, self.size, rule)
+            f.seek(a)
+            raw = f.read(b - a)
+        if not raw:  # a document longer than the range: the range before owns it
+            items.counts(
+                self.source.name, lines_in=0, layout=self.layout or "documents", encoding=self.encoding
+            )
+            return
+        (jsonl_items if self.source.format == "jsonl" else text_items)(raw, self.source.name, cfg, items, a)
 
 
-def hf_items(batch: pa.Table, column: str, source: str, cfg: IngestConfig) -> pa.Table:
-    return row_items(batch.column(column).to_pylist(), batch.column(HF_ROW).to_pylist(), source, cfg)
+@dataclass(frozen=True)
+class RowGroupsUnit:
+    """Consecutive row groups of one Parquet file, with the number of the first row of each (from the footer:
+    `ray.data.read_parquet` does not expose row positions, and a row's id is `file:row`)."""
+
+    index: int
+    source: Source
+    groups: tuple[tuple[int, int], ...]  # (row group, its first row)
+
+    def read(self, cfg: IngestConfig, items: Items) -> None:
+        parquet = pq.ParquetFile(self.source.path)
+        for group, first in self.groups:
+            texts = parquet.read_row_group(group, columns=[cfg.column]).column(cfg.column).to_pylist()
+            row_items(texts, list(range(first, first + len(texts))), self.source.name, cfg, items)
 
 
-def builtin_items(batch: pa.Table) -> pa.Table:
-    """Builtin documents are normalised and split already (data_jobs.builtin_corpus); they only get hashed."""
-    items = Items()
-    for row in batch.to_pylist():
-        items.doc(BUILTIN, row["ordinal"], row["sentences"], doc_id=row["id"])
-    n = batch.num_rows
-    sentences = sum(len(s) for s in batch.column("sentences").to_pylist())
-    items.counts(BUILTIN, lines_in=n, lines_accepted=n, documents=n, sentences=sentences, layout="sentences")
-    return items.table()
+@dataclass(frozen=True)
+class HfRowsUnit:
+    """Rows `[start, end)` of a local Hugging Face `save_to_disk` folder (memory-mapped, read by row number)."""
+
+    index: int
+    source: Source
+    start: int
+    end: int
+
+    def read(self, cfg: IngestConfig, items: Items) -> None:
+        import datasets
+
+        texts = datasets.load_from_disk(self.source.path).select_columns([cfg.column])[self.start : self.end]
+        row_items(texts[cfg.column], list(range(self.start, self.end)), self.source.name, cfg, items)
 
 
-# --- Ray datasets -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuiltinUnit:
+    """Builtin documents (normalised and split already, `data_jobs.builtin_corpus`): they only get hashed."""
+
+    index: int
+    rows: tuple[tuple[int, str, tuple[str, ...]], ...]  # (ordinal, id, sentences)
+
+    def read(self, cfg: IngestConfig, items: Items) -> None:
+        for ordinal, doc_id, sentences in self.rows:
+            items.doc(BUILTIN, ordinal, list(sentences), doc_id=doc_id)
+        n = len(self.rows)
+        sentences = sum(len(s) for _, _, s in self.rows)
+        items.counts(
+            BUILTIN, lines_in=n, lines_accepted=n, documents=n, sentences=sentences, layout="sentences"
+        )
+
+
+@dataclass(frozen=True)
+class UnreadableUnit:
+    """Files that could not be opened, quarantined whole."""
+
+    index: int
+    files: tuple[tuple[Source, str], ...]  # (source, OS error)
+
+    def read(self, cfg: IngestConfig, items: Items) -> None:
+        for source, error in self.files:
+            items.quarantine(source.name, "read", "unreadable", b"")
+            items.counts(source.name, lines_in=0, error=error)
+
+
+Unit = FilesUnit | RangeUnit | RowGroupsUnit | HfRowsUnit | BuiltinUnit | UnreadableUnit
+
+
+def plan_units(plan: Plan, cfg: IngestConfig) -> list[Unit]:
+    """The work units of an ingestion, numbered in (source, position) order (footers, samples and the builtin
+    corpus are read here; nothing else)."""
+    units: list[Unit] = []
+    pack: list[Source] = []
+    pack_bytes = 0
+
+    def flush() -> None:
+        nonlocal pack, pack_bytes
+        if pack:
+            units.append(FilesUnit(len(units), tuple(pack)))
+        pack, pack_bytes = [], 0
+
+    for source in plan.sources:
+        if source.path in plan.unreadable:
+            continue  # quarantined by the last unit
+        if source.format in ("text", "jsonl"):
+            size = os.path.getsize(source.path)
+            split = _split_file(source, size, cfg) if size > cfg.range_bytes else None
+            if split is None:
+                if pack_bytes + size > cfg.range_bytes:
+                    flush()
+                pack.append(source)
+                pack_bytes += size
+                continue
+            flush()
+            encoding, layout = split
+            for start, end in plan_ranges(size, cfg.range_bytes):
+                units.append(RangeUnit(len(units), source, start, end, size, encoding, layout))
+        else:
+            flush()
+            units += _row_units(source, cfg, len(units))
+    flush()
+    if plan.unreadable:
+        names = {s.path: s for s in plan.sources}
+        errors = tuple((names[p], e) for p, e in sorted(plan.unreadable.items()))
+        units.append(UnreadableUnit(len(units), errors))
+    return units
+
+
+def _split_file(source: Source, size: int, cfg: IngestConfig) -> tuple[str, Layout | None] | None:
+    """(encoding, layout) detected on a sample of a large file, or None when the file is read whole: binary or
+    undecodable samples (quarantined whole, as any file), encodings whose line breaks are not single bytes
+    (UTF-16/32), and `wrapped` files (one document)."""
+    with open(source.path, "rb") as f:
+        sample = sample_bytes(f, size)
+    if cfg.encoding in ("utf-8", "auto") and looks_binary(sample):
+        return None
+    decoded = decode(sample, cfg.encoding)
+    if isinstance(decoded, Refusal):
+        return None
+    text, encoding = decoded
+    if source.format == "jsonl":
+        layout: Layout | None = None
+    else:
+        layout = cfg.layout or detect_layout([normalize_counted(line)[0] for line in text.splitlines()])
+    if not splittable(layout or "documents", encoding):
+        return None
+    # `auto` found UTF-8: ranges decode strictly (and check for binary) as a plain UTF-8 file is
+    return ("utf-8" if encoding in ("utf-8", "utf_8") else encoding), layout
+
+
+def _row_units(source: Source, cfg: IngestConfig, first_index: int) -> list[Unit]:
+    if source.format == "parquet":
+        return _parquet_units(source, cfg, first_index)
+    if source.format == "hf":
+        return _hf_units(source, cfg, first_index)
+    return _builtin_units(cfg, first_index)
 
 
 def _is_text_type(dtype: pa.DataType) -> bool:
@@ -207,86 +364,57 @@ def _check_column(path: str, schema: pa.Schema, column: str) -> None:
         raise UserError(f"{path}: column {column!r} has type {dtype}, not a string type: pass --column")
 
 
-def _parquet_units(sources: list[Source], column: str) -> list[dict[str, Any]]:
-    """One work unit per row group, with the number of its first row (footers only are read here)."""
-    units = []
-    for source in sources:
-        try:
-            meta = pq.ParquetFile(source.path).metadata
-        except (OSError, pa.ArrowException) as e:
-            raise UserError(f"{source.path} is not a readable Parquet file: {e}") from None
-        _check_column(source.path, meta.schema.to_arrow_schema(), column)
-        first = 0
-        for group in range(meta.num_row_groups):
-            units.append({"path": source.path, "source": source.name, "row_group": group, "first_row": first})
-            first += meta.row_group(group).num_rows
+def _parquet_units(source: Source, cfg: IngestConfig, first_index: int) -> list[Unit]:
+    """Consecutive row groups up to `range_bytes` (uncompressed) per unit."""
+    try:
+        meta = pq.ParquetFile(source.path).metadata
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{source.path} is not a readable Parquet file: {e}") from None
+    _check_column(source.path, meta.schema.to_arrow_schema(), cfg.column)
+    units: list[Unit] = []
+    groups: list[tuple[int, int]] = []
+    first = weight = 0
+    for group in range(meta.num_row_groups):
+        size = meta.row_group(group).total_byte_size
+        if groups and weight + size > cfg.range_bytes:
+            units.append(RowGroupsUnit(first_index + len(units), source, tuple(groups)))
+            groups, weight = [], 0
+        groups.append((group, first))
+        first += meta.row_group(group).num_rows
+        weight += size
+    if groups:
+        units.append(RowGroupsUnit(first_index + len(units), source, tuple(groups)))
     return units
 
 
-def _hf_dataset(source: Source, cfg: IngestConfig) -> ray.data.Dataset:
+def _hf_units(source: Source, cfg: IngestConfig, first_index: int) -> list[Unit]:
     import datasets
-    import numpy as np
 
     try:
         loaded = datasets.load_from_disk(source.path)
     except Exception as e:  # datasets raises several types for folders it cannot read
         raise UserError(f"cannot load {source.path} with datasets.load_from_disk: {e}") from None
     _check_column(source.path, loaded.data.schema, cfg.column)
-    # Row numbers travel with the rows, so ids stay `name:row` whatever order Ray processes blocks in.
-    loaded = loaded.select_columns([cfg.column]).add_column(HF_ROW, np.arange(len(loaded)))
-    return ray.data.from_huggingface(loaded).map_batches(
-        hf_items, batch_format="pyarrow", fn_kwargs={"column": cfg.column, "source": source.name, "cfg": cfg}
-    )
-
-
-def _builtin_dataset() -> ray.data.Dataset:
-    from data_jobs.builtin_corpus import builtin_documents
-
-    rows = [
-        {"id": d.id, "ordinal": i, "sentences": list(d.sentences)} for i, d in enumerate(builtin_documents())
+    rows = len(loaded)
+    per_unit = max(1, int(cfg.range_bytes * rows / max(1, loaded.data.nbytes)))
+    return [
+        HfRowsUnit(first_index + i, source, start, min(rows, start + per_unit))
+        for i, start in enumerate(range(0, rows, per_unit))
     ]
-    # A few blocks, not Ray's default of one per ~2 items: the map is only hashing, and 200 tiny tasks cost ~10 s
-    # of scheduling on 2 cores (measured) for 1.6 MB of text.
-    return ray.data.from_items(rows, override_num_blocks=4).map_batches(builtin_items, batch_format="pyarrow")
 
 
-def _unreadable_items(plan: Plan) -> pa.Table:
-    """Files that could not be opened, quarantined whole (made on the driver: Ray cannot read them either)."""
-    items = Items()
-    names = {s.path: s.name for s in plan.sources}
-    for path, error in sorted(plan.unreadable.items()):
-        items.quarantine(names[path], "read", "unreadable", b"")
-        items.counts(names[path], lines_in=0, error=error)
-    return items.table()
+def _builtin_units(cfg: IngestConfig, first_index: int) -> list[Unit]:
+    from data_jobs.builtin_corpus import builtin_documents, text_bytes
 
-
-def read_items(plan: Plan, cfg: IngestConfig) -> ray.data.Dataset:
-    """One Ray dataset of `ITEM_SCHEMA` rows for every source of the plan (call `ensure_ray` first)."""
-    by_format: dict[str, list[Source]] = defaultdict(list)
-    for source in plan.sources:
-        if source.path not in plan.unreadable:
-            by_format[source.format].append(source)
-    parts: list[ray.data.Dataset] = []
-    files = by_format["text"] + by_format["jsonl"]
-    if files:
-        read = ray.data.read_binary_files([s.path for s in files], include_paths=True)
-        kwargs = {"sources": {s.path: s for s in files}, "cfg": cfg}
-        parts.append(read.map_batches(file_items, batch_size=1, batch_format="pyarrow", fn_kwargs=kwargs))
-    if units := _parquet_units(by_format["parquet"], cfg.column):
-        kwargs = {"column": cfg.column, "cfg": cfg}
-        parts.append(
-            ray.data.from_items(units).map_batches(
-                parquet_items, batch_size=1, batch_format="pyarrow", fn_kwargs=kwargs
-            )
-        )
-    parts += [_hf_dataset(source, cfg) for source in by_format["hf"]]
-    if by_format[BUILTIN]:
-        parts.append(_builtin_dataset())
-    if plan.unreadable:
-        parts.append(ray.data.from_arrow(_unreadable_items(plan)))
-    if not parts:  # e.g. only empty Parquet files: still one (empty) stream
-        parts.append(ray.data.from_arrow(Items().table()))
-    items = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    # Blocks come out in input order, so the files a version is written to are the same on every run.
-    items.context.execution_options.preserve_order = True
-    return items
+    units: list[Unit] = []
+    rows: list[tuple[int, str, tuple[str, ...]]] = []
+    weight = 0
+    for ordinal, doc in enumerate(builtin_documents()):
+        rows.append((ordinal, doc.id, tuple(doc.sentences)))
+        weight += sum(text_bytes(s) for s in doc.sentences)
+        if weight >= cfg.range_bytes:
+            units.append(BuiltinUnit(first_index + len(units), tuple(rows)))
+            rows, weight = [], 0
+    if rows:
+        units.append(BuiltinUnit(first_index + len(units), tuple(rows)))
+    return units
