@@ -36,7 +36,7 @@ from albert_core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-PLOTS = ("tokenize_scaling.png", "train_curves.png", "learning_curve.png")
+PLOTS = ("tokenize_scaling.png", "train_curves.png", "learning_curve.png", "scale.png")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ BENCHMARKS = (
     Benchmark("tokenize_job", ("P1_spm", "P1_hf")),
     Benchmark("train_loader", ("P4_static", "P4_dynamic"), shared_home=True),
     Benchmark("train_scaling", ("P6",), shared_home=True),
+    # 10 MB to 1 GB through the CLI (--quick: 10 and 100 MB, a few minutes; the full run needs ~20 GB of memory
+    # until ingestion and the SentencePiece job are bounded).
+    Benchmark("scale", ("P9_rss", "P9_rss_growth", "P9_throughput", "P9_e2e")),
     # Last but one: by then the code, libraries and corpora are loaded and cached, so the quick run skips the
     # demo's own warm-up (about two minutes).
     Benchmark("demo", ("P5_demo", "P5_demo_quick"), quick_args=("--no-warm-up",)),
@@ -194,6 +197,19 @@ def _scaling(data: dict[str, Any]) -> Reading:
     return Reading(*_row_spread(r), raw=raw, figures=figures, threads=threads)
 
 
+def _scale(key: str) -> Adapter:
+    """The P9 goals as the scale benchmark evaluated them (the largest size measured against the one before)."""
+
+    def read(data: dict[str, Any]) -> Reading:
+        goal = data["goals"][key]
+        if "not_run" in goal:
+            raise NotRun(goal["not_run"])
+        value = goal["value"]
+        return Reading(value, value, value, raw=goal["raw"], figures=goal["figures"])
+
+    return read
+
+
 GOALS = (
     Goal("P1_spm", "tokenize job >= 0.8x raw SentencePiece x cores", 0.8, "tokenize_job",
          _tokenize("ours_vs_spm_x_cores")),
@@ -211,6 +227,13 @@ GOALS = (
     Goal("P5_demo_quick", "`albert demo --quick` <= 90 s warm", 1.0, "demo", _demo("quick", 90.0),
          unit="x (90 s / s)"),
     Goal("P6", "DDP 2 workers x 1 thread >= 0.85x 1 worker x 2 threads", 0.85, "train_scaling", _scaling),
+    Goal("P9_rss", "every data stage's peak RSS at 1 GB <= 3 GB (driver + Ray processes)", 3.0, "scale",
+         _scale("P9_rss"), at_most=True, unit="GB"),
+    Goal("P9_rss_growth", "every data stage's peak RSS at 1 GB <= 1.5x at 100 MB", 1.5, "scale",
+         _scale("P9_rss_growth"), at_most=True),
+    Goal("P9_throughput", "every data stage's MB/s at 1 GB >= at 100 MB", 1.0, "scale", _scale("P9_throughput")),
+    Goal("P9_e2e", "ingest + tokenize + shards >= 2 MB/s per core at 1 GB", 2.0, "scale", _scale("P9_e2e"),
+         unit="MB/s per core"),
 )  # fmt: skip
 
 # --- the summary -------------------------------------------------------------------------------------------------

@@ -69,6 +69,18 @@ RESULTS = {
                   "loader_first_batch_s": 0.3, "reps": 3, **row_spread(10.0, 8.0, 12.0)} for m in ("static", "dynamic")],
     },
     "demo": {"quick": True, "env": ENV, "warmup_seconds": 80.0, "runs": {"quick": {"seconds": [60.0], "phases": {}}}},
+    # as benchmarks.scale writes them: evaluated there, 100 vs 10 MB in a quick run
+    "scale": {
+        "quick": True, "env": ENV,
+        "goals": {
+            "P9_rss": {"value": 2.5, "target": 3.0, "met": True, "raw": {"sizes_mb": [100.0]},
+                       "figures": "tokenizer 2.50 GB at 100 MB (quick: no 1 GB run)"},
+            "P9_rss_growth": {"value": 2.2, "target": 1.5, "met": False, "raw": {"sizes_mb": [10.0, 100.0]},
+                              "figures": "tokenizer 2.20x, 100 vs 10 MB (quick: no 1 GB run)"},
+            "P9_throughput": {"not_run": "tokenize failed at 100 MB: exit code 1: out of memory", "target": 1.0},
+            "P9_e2e": {"value": 0.9, "target": 2.0, "met": False, "raw": {"mb_per_s": 1.8}, "figures": "1.80 MB/s"},
+        },
+    },
 }  # fmt: skip
 
 
@@ -86,7 +98,8 @@ def paths(tmp_path: Path) -> suite.Paths:
 def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> None:
     summary = suite.write_summary(paths)
     assert list(summary) == ["P1_spm", "P1_hf", "P2_speed", "P2_rss", "P3", "P4_static", "P4_dynamic",
-                             "P5_demo", "P5_demo_quick", "P6"]  # fmt: skip
+                             "P5_demo", "P5_demo_quick", "P6", "P9_rss", "P9_rss_growth", "P9_throughput",
+                             "P9_e2e"]  # fmt: skip
     assert json.loads((paths.results / "summary.json").read_text()) == summary
 
     assert summary["P1_spm"]["ratio"] == spread(0.89, 0.8, 0.95) and summary["P1_spm"]["met"] is True
@@ -105,9 +118,14 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
     assert summary["P5_demo_quick"]["met"] is True
     assert summary["P5_demo"]["status"].startswith("not run") and summary["P5_demo"]["met"] is None
     assert summary["P6"]["status"] == "not run" and summary["P6"]["ratio"] is None
+    # scale: GB at most 3, growth at most 1.5x, MB/s per core at least 2; a failed stage says which
+    assert summary["P9_rss"]["ratio"]["median"] == 2.5 and summary["P9_rss"]["met"] is True
+    assert summary["P9_rss"]["unit"] == "GB" and "quick: no 1 GB run" in summary["P9_rss"]["figures"]
+    assert summary["P9_rss_growth"]["met"] is False and summary["P9_e2e"]["met"] is False
+    assert summary["P9_throughput"]["status"] == "not run: tokenize failed at 100 MB: exit code 1: out of memory"  # fmt: skip
 
     md = (paths.results / "summary.md").read_text()
-    assert md.count("\n| P") == 10 and "**missed**" in md and "| P6 |" in md
+    assert md.count("\n| P") == 14 and "**missed**" in md and "| P6 |" in md
 
 
 def test_failed_and_unreadable_benchmarks_are_not_trusted(paths: suite.Paths) -> None:
@@ -151,9 +169,10 @@ def test_only_selects_the_benchmarks_of_the_goals_named() -> None:
     assert names(["P1"]) == ["tokenize_job"]
     assert names(["P3", "P6"]) == ["model_step", "train_scaling"]
     assert names(["P5_demo_quick", "train_curves"]) == ["train_curves", "demo"]
+    assert names(["P9"]) == names(["P9_e2e"]) == ["scale"]
     assert "learning_curve" not in names(None, quick=True) and "learning_curve" in names(None)
-    with pytest.raises(UserError, match="P9"):
-        suite.select(["P9"], quick=False)
+    with pytest.raises(UserError, match="P99"):
+        suite.select(["P99"], quick=False)
 
 
 def test_demo_phases_from_prefect_log_lines() -> None:
