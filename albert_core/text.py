@@ -110,6 +110,7 @@ NUMBER_ABBREVIATIONS = frozenset(
     {"No", "Nos", "no", "nos", "Vols", "vol", "vols", "p", "pp", "Op", "op"}
     | {"Ch", "ch", "Figs", "fig", "figs"}
 )
+_TERMINATOR = re.compile(r"[.!?。｡！？．]")  # every boundary of _BOUNDARY holds one of these
 _DOTTED = re.compile(r"(?:[A-Za-z]\.)+[A-Za-z]")  # e.g, i.e, U.S, a.m: dotted abbreviations
 _LAST_WORD = re.compile(r"[A-Za-z.]+$")  # letters and dots before the final ".": "--Mr", "(e.g"
 
@@ -140,6 +141,12 @@ def split_sentences(paragraph: str) -> list[str]:
     character at the end of a clause (before whitespace, a closer or the end), plus closing quotes/brackets such
     as `”」』）`; no whitespace is needed.
     """
+    body = paragraph.rstrip()
+    if _TERMINATOR.search(body, 0, len(body) - 1) is None:
+        # Fast path (most lines of sentence-per-line corpora): a boundary needs a terminator, and one that ends the
+        # paragraph only ends the one sentence.
+        body = body.strip()
+        return [body] if body else []
     sentences: list[str] = []
     start = 0
     for m in _BOUNDARY.finditer(paragraph):

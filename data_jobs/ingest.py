@@ -61,9 +61,10 @@ from data_jobs.ray_runtime import ensure_ray
 from data_jobs.sources import Plan, RangeUnit, Unit, plan_units, resolve_sources
 
 FORMATS = ("text", "jsonl", "parquet", "hf")
-# Peak memory of a read task per byte of its range (Python strings of lines and sentences, Arrow copies),
-# measured: ~6x on the one-sentence-per-line layout; asked of Ray so tasks never overcommit a node.
-READ_MEMORY_PER_BYTE = 8
+# Memory a read task asks Ray for, so tasks never overcommit a node: a worker's own ~140 MB plus what parsing holds
+# per byte of its range (Python strings of lines and sentences, Arrow copies). Measured on the one-sentence-per-line
+# layout: +109 / +152 / +246 MB over the worker for ranges of 8 / 16 / 32 MB.
+READ_MEMORY_PER_BYTE = 12
 READ_MEMORY_FLOOR = 256 << 20
 PART_COLUMNS = [*DOCS_SCHEMA.names, "ordinal"]  # the read tasks' documents: ordinal completes ranges' ids
 # Every source reports these, zero when no task counted any (e.g. an empty Parquet file has no row group).
@@ -139,7 +140,7 @@ def ingest(
     version = None
     # The read wave's files live in a build folder of their own (swept like any after a kill).
     with build_folder(root, ".build-") as work:
-        memory = max(READ_MEMORY_FLOOR, READ_MEMORY_PER_BYTE * cfg.range_bytes)
+        memory = READ_MEMORY_FLOOR + READ_MEMORY_PER_BYTE * cfg.range_bytes
         reads = run_tasks(read_unit, [(u, cfg, str(work)) for u in units], "read", memory=memory)
         tally = Tally(sources=merge_counts(plan, reads))
         with corpus_lock(home, corpus):

@@ -304,7 +304,7 @@ def test_version_files_and_manifest(shared: dict[str, Any]) -> None:
         "pre_split": False,
         "encoding": "utf-8",
         "max_line_bytes": 1_000_000,
-        "range_mb": 32.0,
+        "range_mb": 16.0,
     }
     assert set(manifest["files"]) == {"docs-00000.parquet", "quarantine.parquet"}
     assert pq.read_schema(version.path / "docs-00000.parquet").equals(DOCS_SCHEMA)
