@@ -3,18 +3,28 @@
 On a 2-core machine, actor pools or train workers that reserve every CPU leave none for the Ray Data tasks that
 feed them, and the job hangs (DESIGN.md pitfalls). Locally we therefore advertise more logical CPUs than the
 machine has: Ray's CPU counts are for scheduling, and torch/SentencePiece threads are capped per task anyway.
+
+A request Ray can never place (GPUs on a CPU-only cluster, a worker larger than every node) does not fail in
+Ray: it stays pending, and the job hangs with no message. `require_resources` compares the request with the
+nodes' capacity first and fails with one line naming what is missing. Where an autoscaler may add nodes it waits
+instead, with a message; whether one runs is told by ALBERT_AUTOSCALER=1 (set it where the cluster autoscales,
+e.g. KubeRay's `enableInTreeAutoscaling`): Ray has no cheap public way to ask, and guessing wrong either hangs
+again or refuses work an autoscaler would have placed.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Mapping, Sequence
 
 import ray
 
+from albert_core.errors import UserError
 from albert_core.system import available_cores
 
 LOCAL_CPU_FACTOR = 2  # logical CPUs per physical core advertised to a local runtime
+AUTOSCALER_ENV = "ALBERT_AUTOSCALER"  # "1": the cluster may add nodes, so wait for missing resources
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -35,3 +45,63 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # Ray 2.60's V2 Parquet reader starts 32 footer-reading actors for every read_parquet (~10 s on 2 cores,
     # measured); the V1 reader reads footers in its read tasks (~0.2 s for the same read).
     ctx.use_datasource_v2 = False
+
+
+def _amount(resource: str, value: float) -> str:
+    if resource == "memory":
+        return f"{value / 2**30:.1f} GiB of memory"
+    number = f"{value:g}"
+    return f"{number} {resource}" + ("" if value == 1 else "s")
+
+
+def missing_resources(
+    what: str,
+    workers: int,
+    per_worker: Mapping[str, float],
+    nodes: Sequence[Mapping[str, float]],
+    *,
+    where: str,
+    spread: bool = False,
+) -> str | None:
+    """One line saying why `workers` bundles of `per_worker` (Ray resource names: CPU, GPU, memory in bytes, …)
+    cannot all be placed on `nodes` (each node's total resources, as `ray.nodes()` reports them), or None.
+
+    A bundle must fit on one node, so enough in total is not enough: count how many bundles each node holds.
+    `spread`: at most one bundle per node (STRICT_SPREAD placement)."""
+    ask = {name: amount for name, amount in per_worker.items() if amount > 0}
+    asked = f"{what} asks for {workers} worker{'' if workers == 1 else 's'} with"
+    for name, need in ask.items():
+        total = sum(node.get(name, 0.0) for node in nodes)
+        if total < workers * need:
+            return f"{asked} {_amount(name, need)} each; {where} has {_amount(name, total)}"
+    per_node = [
+        min((int(node.get(n, 0.0) // need) for n, need in ask.items()), default=workers) for node in nodes
+    ]
+    placeable = sum(min(k, 1) if spread else k for k in per_node)
+    if placeable >= workers:
+        return None
+    bundle = " and ".join(_amount(n, need) for n, need in ask.items())
+    layout = " on separate nodes" if spread else ""
+    return f"{asked} {bundle} each{layout}; {where} has room for {placeable}"
+
+
+def require_resources(
+    what: str,
+    workers: int,
+    per_worker: Mapping[str, float],
+    *,
+    spread: bool = False,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Fail fast with a UserError when the connected Ray cannot place the request; with ALBERT_AUTOSCALER=1,
+    log one line saying the request waits for the autoscaler instead."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    address = os.environ.get("RAY_ADDRESS")
+    where = f"the Ray cluster at {address}" if address else "the local Ray runtime"
+    missing = missing_resources(what, workers, per_worker, nodes, where=where, spread=spread)
+    if missing is None:
+        return
+    if os.environ.get(AUTOSCALER_ENV) == "1":
+        log(f"{missing} now; waiting for the autoscaler to add it ({AUTOSCALER_ENV}=1)")
+        return
+    raise UserError(missing)

@@ -58,11 +58,30 @@ def cmd_export_hf(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _job_config(cls: type, args: argparse.Namespace, **flags: Any) -> Any:
+    """A data job's config: the whole of it from --config-json (how ingest_flow submits a Ray job; the option
+    flags are then not read), else from the flags."""
+    if args.config_json is None:
+        return cls(**flags)
+    try:
+        given = json.loads(args.config_json)
+    except json.JSONDecodeError as e:
+        raise UserError(f"--config-json is not valid JSON: {e}") from None
+    if not isinstance(given, dict):
+        raise UserError("--config-json must be a JSON object")
+    try:
+        return cls(**given)
+    except TypeError as e:  # an unknown key
+        raise UserError(f"--config-json: {e}") from None
+
+
 def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
     from data_jobs.ingest import IngestConfig, ingest
 
-    cfg = IngestConfig(
+    cfg = _job_config(
+        IngestConfig,
+        args,
         format=args.format,
         text_field=args.text_field,
         column=args.column,
@@ -78,7 +97,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
     from data_jobs.tokenizer_job import TokenizerJobConfig, train_tokenizer
 
-    cfg = TokenizerJobConfig(
+    cfg = _job_config(
+        TokenizerJobConfig,
+        args,
         vocab_size=args.vocab_size,
         lowercase=not args.cased,
         sample_sentences=args.sample_sentences,
@@ -93,7 +114,11 @@ def cmd_shards_build(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
     from data_jobs.shards import ShardsConfig, build_shards
 
-    cfg = ShardsConfig(
+    if args.max_seq_len is None and args.config_json is None:
+        raise UserError("--max-seq-len is required (tokens per sequence, e.g. 128)")
+    cfg = _job_config(
+        ShardsConfig,
+        args,
         max_seq_len=args.max_seq_len,
         dupe_factor=args.dupe_factor,
         masking=args.masking,
@@ -294,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pre-split", action="store_true", help="one sentence per line already: do not split")
     p.add_argument("--encoding", default="utf-8", help="utf-8 (strict), auto (detect), or a codec name")
     p.add_argument("--max-line-bytes", type=int, default=1_000_000, help="longer lines are quarantined")
+    p.add_argument(
+        "--config-json",
+        help="the whole job config as JSON (how ingest_flow submits a Ray job); replaces the option flags",
+    )
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     tok = sub.add_parser("tokenizer", help="SentencePiece vocabularies").add_subparsers(
@@ -307,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cased", action="store_true", help="keep case (the reference lower-cases)")
     p.add_argument("--sample-sentences", type=int, default=10_000_000, help="at most this many sentences")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--config-json",
+        help="the whole job config as JSON (how ingest_flow submits a Ray job); replaces the option flags",
+    )
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p = command(
@@ -327,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True)
     p.add_argument("--version", type=int, help="corpus version (default: latest)")
     p.add_argument("--tokenizer", required=True, help="tokenizer name")
-    p.add_argument("--max-seq-len", type=int, required=True)
+    p.add_argument("--max-seq-len", type=int, help="tokens per sequence (required unless --config-json)")
     p.add_argument("--dupe-factor", type=int, default=1)
     p.add_argument("--masking", choices=["static", "dynamic"], default="static")
     p.add_argument("--max-predictions", type=int, help="default: round(0.15 * max_seq_len)")
@@ -336,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, help="parallel build tasks (default: one per core)")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument(
+        "--config-json",
+        help="the whole job config as JSON (how ingest_flow submits a Ray job); replaces the option flags",
+    )
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     verify = sub.add_parser(

@@ -1,12 +1,17 @@
 """Prefect flows: the top of the stack. Each task is a call into a data or training job; Prefect adds retries,
 caching, artifacts, events, schedules and the UI.
 
-    ingest_flow     sources -> corpus version -> SentencePiece (when asked or missing) -> shards
-                    emits `albert.corpus.published` when a new version got its shards
+    ingest_flow     sources -> corpus version -> SentencePiece (when asked or missing) -> token ids -> shards,
+                    in this process or as Ray jobs on a cluster (Jobs API); emits `albert.corpus.published`
+                    when a new version got its shards
     train_flow      shards (or a corpus's newest shards) -> pretraining on local Ray, or on a Ray cluster through
                     the Jobs API -> registered model version (alias `candidate`)
     promote_flow    candidate vs champion on the same held-out shards -> alias `champion` moves, or not, and why
     pipeline_flow   the three in a row (`albert demo`)
+
+With a Jobs API address (the flow's `ray_address`, else $ALBERT_RAY_ADDRESS or $RAY_API_SERVER_ADDRESS), every
+data step and the training run is an `albert … --json` Ray job on that cluster (flows/ray_jobs.py); without one,
+the steps run in this process on local Ray (or the cluster in $RAY_ADDRESS, as a client).
 
 Flows run on the API in $PREFECT_API_URL, else on a temporary local server Prefect starts itself. The jobs are
 content-addressed (a shard id is a hash of its inputs; ingestion skips documents it already has), so a rerun after a
@@ -17,9 +22,6 @@ when the shards are no longer on disk: an unchanged corpus is not re-tokenized, 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,11 @@ from prefect.events import emit_event
 
 from albert_core.errors import UserError
 from albert_core.storage import albert_home
+from flows.ray_jobs import PROJECT_ROOT, jobs_address, run_cli_job
+
+__all__ = ["CORPUS_PUBLISHED", "PROJECT_ROOT", "ingest_flow", "pipeline_flow", "promote_flow", "train_flow"]
 
 CORPUS_PUBLISHED = "albert.corpus.published"
-# Where train_flow finds the Ray Jobs API (a head node's dashboard URL, http://HOST:8265) when no ray_address is
-# given: ours, then Ray's own (`ray job submit` reads it). Not RAY_ADDRESS: that one names the cluster `ray.init`
-# joins (GCS host:port) and refuses http URLs.
-RAY_JOBS_ADDRESS = ("ALBERT_RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -53,20 +53,35 @@ def _log(message: str) -> None:
     get_run_logger().info(message)
 
 
+def _cli_job(address: str, argv: list[str], home: str, kind: str, upload_project: bool) -> dict[str, Any]:
+    """`albert <argv> --json` as a Ray job at `address`, its log in this task's log."""
+    return run_cli_job(address, argv, home=home, kind=kind, upload_project=upload_project, log=_log)
+
+
 # --- tasks ---------------------------------------------------------------------------------------------------
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
-def ingest_task(paths: list[str], corpus: str, home: str, options: dict[str, Any]) -> dict[str, Any]:
-    from data_jobs.ingest import IngestConfig, ingest
+def ingest_task(
+    paths: list[str], corpus: str, home: str, options: dict[str, Any], ray_address: str | None = None,
+    upload_project: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    if ray_address:
+        argv = ["ingest", *paths, "--corpus", corpus, "--home", home, "--config-json", json.dumps(options)]
+        summary = _cli_job(ray_address, argv, home, "ingest", upload_project)
+    else:
+        from data_jobs.ingest import IngestConfig, ingest
 
-    summary = ingest(paths, corpus, home=Path(home), cfg=IngestConfig(**options))
+        summary = ingest(paths, corpus, home=Path(home), cfg=IngestConfig(**options))
     _log(summary["message"])
     return summary
 
 
 @task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
-def tokenizer_task(corpus: str, home: str, options: dict[str, Any], retrain: bool) -> dict[str, Any]:
+def tokenizer_task(
+    corpus: str, home: str, options: dict[str, Any], retrain: bool, ray_address: str | None = None,
+    upload_project: bool = True,
+) -> dict[str, Any]:  # fmt: skip
     """Train a vocabulary when asked or when the corpus has none; otherwise keep the one the shards use."""
     from data_jobs.tokenizer_job import TokenizerJobConfig, load_tokenizer, train_tokenizer
 
@@ -80,11 +95,42 @@ def tokenizer_task(corpus: str, home: str, options: dict[str, Any], retrain: boo
                 f"tokenizer {corpus!r} exists ({tokenizer.vocab_size} pieces); retrain_tokenizer=True replaces it"
             )
             return {"name": corpus, "path": manifest["path"], "sha256": tokenizer.sha256, "reused": True}
-    summary = train_tokenizer(corpus, home=Path(home), cfg=TokenizerJobConfig(**options))
+    if ray_address:
+        argv = [
+            "tokenizer",
+            "train",
+            "--corpus",
+            corpus,
+            "--home",
+            home,
+            "--config-json",
+            json.dumps(options),
+        ]
+        summary = _cli_job(ray_address, argv, home, "tokenizer", upload_project)
+    else:
+        summary = train_tokenizer(corpus, home=Path(home), cfg=TokenizerJobConfig(**options))
     _log(
         f"trained tokenizer {corpus!r}: {summary['vocab_size']} pieces on {summary['sentences_sampled']} sentences"
     )
     return {**summary, "reused": False}
+
+
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def tokenize_task(corpus: str, home: str, ray_address: str | None = None, upload_project: bool = True) -> str:
+    """The corpus's newest version as token ids (reused when built before); returns the tokenized id."""
+    if ray_address:
+        argv = ["tokenize", "--corpus", corpus, "--home", home]
+        summary = _cli_job(ray_address, argv, home, "tokenize", upload_project)
+    else:
+        from data_jobs.corpus import resolve_version
+        from data_jobs.tokenize import tokenize_corpus
+        from data_jobs.tokenizer_job import load_tokenizer
+
+        tokenizer, _ = load_tokenizer(Path(home), corpus)
+        summary = tokenize_corpus(Path(home), resolve_version(Path(home), corpus, None), tokenizer)
+    _log(f"tokenized {summary['id']}: {summary['statistics']['tokens']} tokens "
+         f"({'reused' if summary['reused'] else 'built'})")  # fmt: skip
+    return summary["id"]
 
 
 def _shards_cache_key(context: Any, parameters: dict[str, Any]) -> str:
@@ -100,23 +146,37 @@ def _shards_cache_key(context: Any, parameters: dict[str, Any]) -> str:
     persist_result=True,
     result_serializer="json",
 )
-def shards_task(corpus: str, home: str, options: dict[str, Any], shard_id: str) -> dict[str, Any]:
-    from data_jobs.shards import ShardsConfig, build_shards
+def shards_task(
+    corpus: str, home: str, options: dict[str, Any], shard_id: str, ray_address: str | None = None,
+    upload_project: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    if ray_address:
+        argv = ["shards", "build", "--corpus", corpus, "--tokenizer", corpus, "--home", home,
+                "--config-json", json.dumps(options)]  # fmt: skip
+        summary = _cli_job(ray_address, argv, home, "shards", upload_project)
+    else:
+        from data_jobs.shards import ShardsConfig, build_shards
 
-    summary = build_shards(corpus, corpus, home=Path(home), cfg=ShardsConfig(**options))
+        summary = build_shards(corpus, corpus, home=Path(home), cfg=ShardsConfig(**options))
     _log(
         f"shards {summary['id']}: {summary['instances']} instances ({'reused' if summary['reused'] else 'built'})"
     )
     return summary
 
 
-def _build_or_cached_shards(corpus: str, home: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Shards from Prefect's cache when the same inputs were built before and are still on disk, else built."""
+def _build_or_cached_shards(
+    corpus: str, home: str, options: dict[str, Any], ray_address: str | None, upload_project: bool
+) -> dict[str, Any]:
+    """Shards from Prefect's cache when the same inputs were built before and are still on disk, else built
+    (after their token ids: a step of its own, so a cluster runs it as its own job)."""
     from data_jobs.shards import MANIFEST, ShardsConfig, planned_shard_id, shards_dir
 
     sid = planned_shard_id(corpus, corpus, home=Path(home), cfg=ShardsConfig(**options))
     on_disk = (shards_dir(Path(home), sid) / MANIFEST).is_file()
-    summary = shards_task.with_options(refresh_cache=not on_disk)(corpus, home, options, sid)
+    if not on_disk:
+        tokenize_task(corpus, home, ray_address, upload_project)
+    run = shards_task.with_options(refresh_cache=not on_disk)
+    summary = run(corpus, home, options, sid, ray_address, upload_project)
     return {**summary, "reused": on_disk}  # a cached summary is the one of the run that built them
 
 
@@ -132,65 +192,12 @@ def train_task(config: dict[str, Any], home: str, resume: str | None = None) -> 
 
 @task
 def submit_training_job(
-    config: dict[str, Any], home: str, ray_address: str, upload_project: bool, poll_s: float = 2.0
+    config: dict[str, Any], home: str, ray_address: str, upload_project: bool
 ) -> dict[str, Any]:
-    """Pretraining as a Ray job on a cluster: submitted through the Jobs API, its log streamed into this flow's
-    log, its status followed; a failed job fails the task with Ray's reason and the log's tail.
-
-    The job runs `python -m flows.cli train … --json`; `upload_project` ships this source tree as the job's
-    working directory (a cluster whose image has the project installed does not need it). ALBERT_HOME and the
-    tracking URI are passed on: they must name storage the cluster can reach.
-    """
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    from training.registry import tracking_uri
-
-    logger = get_run_logger()
-    client = JobSubmissionClient(ray_address)
-    entrypoint = shlex.join([
-        "python", "-m", "flows.cli", "train", "--config-json", json.dumps(config), "--home", home, "--json",
-    ])  # fmt: skip
-    runtime_env: dict[str, Any] = {
-        "env_vars": {"ALBERT_HOME": home, "MLFLOW_TRACKING_URI": tracking_uri(Path(home))}
-    }
-    if upload_project:
-        runtime_env |= {
-            "working_dir": str(PROJECT_ROOT),
-            "excludes": [".venv", ".git", "*.egg-info", ".albert", ".albert-stack", "results"],
-        }
-    job_id = _submit(client, entrypoint=entrypoint, runtime_env=runtime_env, metadata={"albert": "train"})
-    logger.info(f"submitted Ray job {job_id} to {ray_address}")
-    shown = 0
-    while True:
-        status = client.get_job_status(job_id)
-        logs = client.get_job_logs(job_id)
-        for line in logs[shown:].splitlines():
-            logger.info(f"[{job_id}] {line}")
-        shown = len(logs)
-        if status.is_terminal():
-            break
-        time.sleep(poll_s)
-    if status != JobStatus.SUCCEEDED:
-        info = client.get_job_info(job_id)
-        tail = "\n".join(logs.splitlines()[-20:])
-        raise RuntimeError(f"Ray job {job_id} {status.value}: {info.message}\n{tail}")
-    for line in reversed(logs.splitlines()):
-        if line.startswith("{"):
-            return {**json.loads(line), "ray_job_id": job_id}
-    raise RuntimeError(f"Ray job {job_id} succeeded but printed no JSON summary")
-
-
-def _submit(client: Any, wait_s: float = 120.0, **job: Any) -> str:
-    """`submit_job`, retried while a freshly started head node has no job agent yet (Ray answers HTTP 500
-    "No available agent"); any other error is raised at once."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return client.submit_job(**job)
-        except RuntimeError as e:
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(2)
+    """Pretraining as a Ray job on a cluster (`albert train --config-json … --json`): its log streamed into this
+    flow's log; a failed job fails the task with the user's error line, or Ray's reason and the log's tail."""
+    argv = ["train", "--config-json", json.dumps(config), "--home", home]
+    return _cli_job(ray_address, argv, home, "train", upload_project)
 
 
 @task
@@ -217,13 +224,21 @@ def ingest_flow(
     tokenizer_options: dict[str, Any] | None = None,
     shards_options: dict[str, Any] | None = None,
     retrain_tokenizer: bool = False,
+    ray_address: str | None = None,
+    upload_project: bool = True,
 ) -> dict[str, Any]:
     """Ingest `sources` into `corpus`, make sure it has a vocabulary, build (or reuse) the newest version's
-    shards; publish a Markdown summary and, when a new version got shards, the `albert.corpus.published` event."""
+    shards; publish a Markdown summary and, when a new version got shards, the `albert.corpus.published` event.
+
+    With a Jobs API address (`ray_address`, default $ALBERT_RAY_ADDRESS or $RAY_API_SERVER_ADDRESS) each step is
+    a Ray job on that cluster; `sources` and `home` must then name storage the cluster reaches too."""
     root = str(albert_home(home))
-    ingested = ingest_task(sources, corpus, root, ingest_options or {})
-    tokenizer = tokenizer_task(corpus, root, tokenizer_options or {}, retrain_tokenizer)
-    shards = _build_or_cached_shards(corpus, root, shards_options or {})
+    address = jobs_address(ray_address)
+    ingested = ingest_task(sources, corpus, root, ingest_options or {}, address, upload_project)
+    tokenizer = tokenizer_task(
+        corpus, root, tokenizer_options or {}, retrain_tokenizer, address, upload_project
+    )
+    shards = _build_or_cached_shards(corpus, root, shards_options or {}, address, upload_project)
     result = {"corpus": corpus, "home": root, "ingest": ingested, "tokenizer": tokenizer, "shards": shards}
     create_markdown_artifact(_ingest_report(result), key=_artifact_key("ingest", corpus),
                              description=f"ingestion of {corpus}")  # fmt: skip
@@ -257,7 +272,7 @@ def train_flow(
     from training.config import TrainConfig
 
     root = albert_home(home)
-    ray_address = ray_address or next((os.environ[v] for v in RAY_JOBS_ADDRESS if os.environ.get(v)), None)
+    ray_address = jobs_address(ray_address)
     if shards is None:
         if corpus is None:
             raise UserError("train_flow needs shards=ID or corpus=NAME")
@@ -313,7 +328,8 @@ def pipeline_flow(
     ray_address: str | None = None,
 ) -> dict[str, Any]:
     """ingest -> train -> promote, as subflows (each keeps its own runs, artifacts and logs)."""
-    data = ingest_flow(sources, corpus, home, ingest_options, tokenizer_options, shards_options)
+    data = ingest_flow(sources, corpus, home, ingest_options, tokenizer_options, shards_options,
+                       ray_address=ray_address)  # fmt: skip
     trained = train_flow(shards=data["shards"]["id"], preset=preset, workers=workers, max_steps=max_steps,
                          batch_size=batch_size, home=data["home"], ray_address=ray_address,
                          options=train_options)  # fmt: skip

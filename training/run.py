@@ -29,7 +29,7 @@ from albert_core import AlbertConfig
 from albert_core.checkpoint import load_model, save_model
 from albert_core.errors import UserError
 from albert_core.storage import read_json, validate_name, write_json
-from data_jobs.ray_runtime import ensure_ray
+from data_jobs.ray_runtime import ensure_ray, require_resources
 from data_jobs.shards import load_manifest, read_shards, split_files
 from data_jobs.tokenizer_job import load_tokenizer
 from training.batches import batch_spec
@@ -113,9 +113,11 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
             raise UserError(
                 f"run {resume} already reached step {record['final_step']}; ask for more --max-steps"
             )
+        _require_workers(cfg, progress)
         run_name, resume_from = resume, record["latest_checkpoint"]
         mlflow_run_id = record["mlflow_run_id"]
     else:
+        _require_workers(cfg, progress)  # before the MLflow run exists
         run_name, resume_from = _new_run_name(cfg.preset), None
         run_dir = home / "runs" / run_name
         with _needs_mlflow(uri, "the run cannot start"):
@@ -133,7 +135,6 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
     record.update(config=cfg.to_dict(), attempts=[*record["attempts"], attempt])
     write_json(run_dir / "run.json", record)
 
-    ensure_ray()
     progress(f"training {cfg.preset} on shards {cfg.shards}: {cfg.workers} workers, "
              f"{cfg.max_steps} steps of {cfg.batch_size} sequences; run {run_name}")  # fmt: skip
     trainer = TorchTrainer(
@@ -147,11 +148,10 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
             "metrics_spill_path": str(run_dir / METRICS_SPILL),
             "resume_from": resume_from,
         },
-        # One Ray CPU per worker; the local runtime advertises 2 per core, so Ray Data keeps CPUs to feed them.
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers,
             use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": 1},
+            resources_per_worker=_worker_resources(cfg),
             placement_strategy=cfg.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
@@ -192,6 +192,19 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
                   registered=False)  # fmt: skip
     write_json(run_dir / "run.json", record)
     return _register(record, run_dir, cfg, tokenizer.sha256, uri, started)
+
+
+def _require_workers(cfg: TrainConfig, progress: Any) -> None:
+    """Workers Ray can never place would leave `fit()` pending forever with no message: fail fast instead."""
+    ensure_ray()
+    require_resources("train", cfg.workers, _worker_resources(cfg), log=progress,
+                      spread=cfg.placement_strategy == "STRICT_SPREAD")  # fmt: skip
+
+
+def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    """One Ray CPU per worker (the local runtime advertises 2 per core, so Ray Data keeps CPUs to feed them),
+    plus one GPU with use_gpu: the ScalingConfig's bundle and what `_require_workers` checks."""
+    return {"CPU": 1, "GPU": 1} if cfg.use_gpu else {"CPU": 1}
 
 
 def _register(

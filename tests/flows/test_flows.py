@@ -152,6 +152,17 @@ def test_train_flow_submits_a_ray_job_to_a_cluster(home: Path, ingested: dict, r
 
     state = train_flow(shards="0000000000000000", max_steps=5, home=str(home), ray_address=ray_cluster,
                        return_state=True)  # fmt: skip
-    assert state.is_failed()
-    with pytest.raises(RuntimeError, match=r"Ray job raysubmit_\w+ FAILED(.|\n)*unknown shards"):
+    assert state.is_failed()  # the CLI's one line, as a UserError: not retried
+    with pytest.raises(UserError, match=r"^unknown shards '0000000000000000'.* \(Ray job raysubmit_\w+\)$"):
         state.result()
+
+
+def test_a_data_job_with_a_user_mistake_fails_once_with_its_line(home: Path, ray_cluster: str) -> None:
+    state = ingest_flow([str(home / "missing.txt")], "nothing", home=str(home), ray_address=ray_cluster,
+                        return_state=True)  # fmt: skip
+    assert state.is_failed()
+    with pytest.raises(UserError, match=r"missing\.txt.* \(Ray job raysubmit_\w+\)$"):
+        state.result()
+    runs = api("/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [str(state.state_details.flow_run_id)]}},
+                                     "sort": "ID_DESC"})  # fmt: skip
+    assert [(r["name"].rsplit("-", 1)[0], r["run_count"]) for r in runs] == [("ingest_task", 1)]

@@ -2,7 +2,8 @@
 
 The stack: PostgreSQL + an S3 API (moto) behind an MLflow tracking server, a Prefect server with a process
 worker, a two-node Ray cluster, all processes on 127.0.0.1. Through it: the deployments are registered on the
-Prefect server, `albert-ingest/scheduled` is run by hand and picked up by the worker, its
+Prefect server, `albert-ingest/scheduled` is run by hand and picked up by the worker, which runs each data step
+as a Ray job (Jobs API) whose tasks spread over both nodes and whose rows equal a local run's; its
 `albert.corpus.published` event triggers `albert-train/on-corpus`, which trains as a Ray job (Jobs API) on both
 nodes and promotes; metrics land in PostgreSQL, artifacts in S3, and the champion loads in a fresh process that
 knows only MLFLOW_TRACKING_URI. Stopping the stack leaves no process behind.
@@ -11,9 +12,11 @@ knows only MLFLOW_TRACKING_URI. Stopping the stack leaves no process behind.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -54,6 +57,7 @@ TRAIN = {"max_steps": 10, "batch_size": 8, "workers": 2}
 TRAIN_OPTIONS = {"model_overrides": {"num_hidden_layers": 2}, "eval_every": 10, "checkpoint_every": 10,
                  "eval_sequences": 64, "model_name": MODEL}  # fmt: skip
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+DATA_JOBS = ("ingest", "tokenizer", "tokenize", "shards")  # ingest_flow's steps, one Ray job each
 
 
 def _free_base_port() -> int:
@@ -120,6 +124,11 @@ def _prefect(path: str, body: dict[str, Any]) -> Any:
         return client.request("POST", path, json={"limit": 50, "offset": 0, **body}).json()
 
 
+def _sources(corpora: Path) -> list[str]:
+    """Several files (WikiText and four books, ~3.7 MB): enough row groups for several tokenize tasks."""
+    return [str(corpora / "wikitext2-valid.raw.txt"), str(corpora / "gutenberg")]
+
+
 def _ray(stack: Stack, path: str, **query: Any) -> Any:
     status, text = http(f"{stack.urls['ray_dashboard']}{path}?{urlencode(query, doseq=True)}", timeout=30,
                         headers=ray_headers())  # fmt: skip
@@ -137,9 +146,8 @@ def pipeline(stack: Stack, stack_env: dict[str, str], corpora: Path) -> dict[str
     from flows.deploy import deploy_to_pool
 
     started = time.perf_counter()
-    source = str(corpora / "wikitext2-valid.raw.txt")
-    deployed = deploy_to_pool(work_pool=WORK_POOL, home=str(stack.home), cron="0 2 * * *", sources=[source],
-                              corpus=CORPUS)  # fmt: skip
+    deployed = deploy_to_pool(work_pool=WORK_POOL, home=str(stack.home), cron="0 2 * * *",
+                              sources=_sources(corpora), corpus=CORPUS)  # fmt: skip
     # A tiny, quick run on the Ray cluster through the Jobs API: the trigger passes shards, home and promote;
     # the rest comes from the deployment's parameters.
     options = TRAIN_OPTIONS | {"placement_strategy": "STRICT_SPREAD"}  # one DDP worker per node
@@ -221,6 +229,75 @@ def test_training_ran_as_a_ray_job_on_both_nodes(stack: Stack, pipeline: dict[st
     used = {a["node_id"] for a in actors} | {t["node_id"] for t in tasks if t.get("node_id")}
     assert used == nodes, f"the training job ran on {len(used & nodes)} of the 2 nodes"
     assert {w["node_id"] for w in workers} == nodes  # STRICT_SPREAD: one DDP worker per node
+
+
+def _job_query(job_id: str) -> dict[str, Any]:
+    return {"detail": "true", "limit": 10000, "filter_keys": "job_id", "filter_predicates": "=",
+            "filter_values": job_id}  # fmt: skip
+
+
+def _contents(home: Path) -> dict[str, Any]:
+    """What the data steps made, whatever the file layout: document count and the sha256 of the sorted content
+    hashes of the newest corpus version; rows and the sha256 of the sorted row hashes of each shards split."""
+    import pyarrow.parquet as pq
+
+    from data_jobs.corpus import resolve_version
+    from data_jobs.shards import latest_shards, split_files
+
+    def digest(items: list[str]) -> str:
+        return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()
+
+    docs = [h for f in resolve_version(home, CORPUS).doc_files()
+            for h in pq.read_table(f, columns=["content_hash"])["content_hash"].to_pylist()]  # fmt: skip
+    out: dict[str, Any] = {"documents": (len(docs), digest(docs))}
+    shards = latest_shards(home, CORPUS)
+    for split in ("train", "eval"):
+        rows = [hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()
+                for f in split_files(home, shards, split) for row in pq.read_table(f).to_pylist()]  # fmt: skip
+        out[split] = (len(rows), digest(rows))
+    return out
+
+
+def test_data_steps_ran_as_ray_jobs_on_both_nodes_with_the_rows_of_a_local_run(
+    stack: Stack, pipeline: dict[str, Any], corpora: Path, tmp_path: Path
+) -> None:
+    jobs = {(j.get("metadata") or {}).get("albert"): j for j in _ray(stack, "/api/jobs/")}
+    assert {kind: jobs[kind]["status"] for kind in DATA_JOBS if kind in jobs} == dict.fromkeys(
+        DATA_JOBS, "SUCCEEDED"
+    ), sorted(jobs, key=str)
+    nodes = {n["node_id"] for n in _ray(stack, "/api/v0/nodes", limit=100)["data"]["result"]["result"]}
+    spread = {}
+    for kind in DATA_JOBS:  # the nodes each job's tasks (not its driver) ran on
+        tasks = _ray(stack, "/api/v0/tasks", **_job_query(jobs[kind]["job_id"]))["data"]["result"]["result"]
+        spread[kind] = {t["node_id"] for t in tasks if t.get("type") == "NORMAL_TASK" and t.get("node_id")}
+    # tokenize runs one task per ~1 MB of row groups: several here, spread over the nodes by Ray Data
+    assert len(spread["tokenize"]) == 2 and spread["tokenize"] == nodes, {
+        k: len(v) for k, v in spread.items()
+    }
+
+    # The same steps in one local process (no cluster), with the cluster's vocabulary: the same rows.
+    started = time.perf_counter()
+    local = tmp_path / "home"
+    shutil.copytree(stack.home / "tokenizers" / CORPUS, local / "tokenizers" / CORPUS)
+    script = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        from data_jobs.ingest import ingest
+        from data_jobs.shards import ShardsConfig, build_shards
+        home = Path(sys.argv[1])
+        ingest(json.loads(sys.argv[2]), {CORPUS!r}, home=home)
+        build_shards({CORPUS!r}, {CORPUS!r}, home=home, cfg=ShardsConfig(**json.loads(sys.argv[3])))
+    """)  # fmt: skip
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "ALBERT_", "MLFLOW_", "PREFECT_API"))
+    }
+    proc = subprocess.run([sys.executable, "-c", script, str(local), json.dumps(_sources(corpora)),
+                           json.dumps(SHARDS)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"\nlocal run of the data steps: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    cluster, here = _contents(stack.home), _contents(local)
+    assert cluster == here and cluster["train"][0] > 1000
 
 
 def test_metrics_are_in_the_server_and_in_postgresql(stack: Stack, pipeline: dict[str, Any]) -> None:
