@@ -313,7 +313,11 @@ def write_version(folder: Path, work: Path, units: list[Unit], reads: list[dict[
     """Write wave: kept documents into docs-00000.parquet, … (in unit order), every quarantined item into
     quarantine.parquet."""
     offsets = range_offsets(units, reads)
-    calls = [(u.index, str(work), str(folder), offsets.get(u.index)) for u in units]
+    calls = [
+        (u.index, str(work), str(folder), offsets.get(u.index))
+        for u, read in zip(units, reads, strict=True)
+        if read["documents"] or u.index in offsets  # else nothing to write or renumber
+    ]
     totals: Counter[str] = Counter()
     for stats in run_tasks(write_unit, calls, "write"):
         totals.update(stats)
