@@ -25,7 +25,7 @@ import io
 import json
 import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,42 +129,44 @@ class SentencePieceTokenizer:
         `num_threads` (None: 16 on any machine) is one of those parameters — it changes the scores.
         The hard vocabulary limit is kept: a corpus too small for `vocab_size` raises `UserError`.
         """
-        if vocab_size < len(SPECIAL_PIECES) + 1:
-            raise UserError(f"vocab_size must be at least {len(SPECIAL_PIECES) + 1}, got {vocab_size}")
-        if not 0.0 < character_coverage <= 1.0:
-            raise UserError(f"character_coverage must be in (0, 1], got {character_coverage}")
+        _check_options(vocab_size, character_coverage, num_threads)
         if input_sentence_size < 0:
             raise UserError(f"input_sentence_size must be >= 0, got {input_sentence_size}")
-        threads = DEFAULT_TRAIN_THREADS if num_threads is None else num_threads
-        if threads < 1:
-            raise UserError(f"num_threads must be >= 1, got {num_threads}")
-
         lines = (p for p in (preprocess_text(s, lowercase) for s in sentences) if p)
         if input_sentence_size:
             lines = iter(_reservoir_sample(lines, input_sentence_size, seed))
         counted = _Counted(lines)
-        model = io.BytesIO()
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=counted,
-                model_writer=model,
-                model_type="unigram",
-                vocab_size=vocab_size,
-                pad_id=0,
-                unk_id=1,
-                bos_id=-1,
-                eos_id=-1,
-                control_symbols=[CLS, SEP, MASK],
-                normalization_rule_name="nmt_nfkc",
-                split_digits=False,
-                character_coverage=character_coverage,
-                input_sentence_size=0,  # sampling is done above, reproducibly
-                num_threads=threads,
-                minloglevel=1,  # SentencePiece's INFO log is a page per training
-            )
-        except RuntimeError as e:
-            raise _training_error(e, vocab_size, counted.count) from e
-        return cls(model.getvalue(), lowercase)
+        options = _trainer_options(vocab_size, character_coverage, num_threads)
+        model = _run_trainer(options, vocab_size, lambda: counted.count, sentence_iterator=counted)
+        return cls(model, lowercase)
+
+    @classmethod
+    def train_file(
+        cls,
+        path: str | Path,
+        *,
+        vocab_size: int = 30000,
+        lowercase: bool = True,
+        character_coverage: float = 0.9995,
+        num_threads: int | None = None,
+    ) -> SentencePieceTokenizer:
+        """Train like `train`, reading the sentences from a text file instead of a Python iterable.
+
+        The file holds one sentence per line, already passed through `preprocess_text(line, lowercase)`, with
+        no empty lines: then the model is byte-identical to `train` on the same sentences in the same order.
+        SentencePiece reads the file itself, so the sentences never exist as Python strings (a sample of
+        millions of sentences costs several times its text size as a list of `str`).
+        """
+        _check_options(vocab_size, character_coverage, num_threads)
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"training file not found: {path}")
+        if "," in str(path):
+            # SentencePiece's `input` is a comma-separated list of files
+            raise UserError(f"the training file's path must not contain a comma: {path}")
+        options = _trainer_options(vocab_size, character_coverage, num_threads)
+        model = _run_trainer(options, vocab_size, lambda: _count_lines(path), input=str(path))
+        return cls(_without_input_path(model), lowercase)
 
     @classmethod
     def load(cls, folder: str | Path) -> SentencePieceTokenizer:
@@ -431,6 +433,50 @@ class _Counted(Iterator[str]):
         return item
 
 
+def _check_options(vocab_size: int, character_coverage: float, num_threads: int | None) -> None:
+    if vocab_size < len(SPECIAL_PIECES) + 1:
+        raise UserError(f"vocab_size must be at least {len(SPECIAL_PIECES) + 1}, got {vocab_size}")
+    if not 0.0 < character_coverage <= 1.0:
+        raise UserError(f"character_coverage must be in (0, 1], got {character_coverage}")
+    if num_threads is not None and num_threads < 1:
+        raise UserError(f"num_threads must be >= 1, got {num_threads}")
+
+
+def _trainer_options(vocab_size: int, character_coverage: float, num_threads: int | None) -> dict[str, Any]:
+    """The ALBERT recipe's SentencePiece options (module docstring), shared by `train` and `train_file`."""
+    return dict(
+        model_type="unigram",
+        vocab_size=vocab_size,
+        pad_id=0,
+        unk_id=1,
+        bos_id=-1,
+        eos_id=-1,
+        control_symbols=[CLS, SEP, MASK],
+        normalization_rule_name="nmt_nfkc",
+        split_digits=False,
+        character_coverage=character_coverage,
+        input_sentence_size=0,  # sampling is done by the caller, reproducibly
+        num_threads=DEFAULT_TRAIN_THREADS if num_threads is None else num_threads,
+        minloglevel=1,  # SentencePiece's INFO log is a page per training
+    )
+
+
+def _run_trainer(options: dict[str, Any], vocab_size: int, count: Callable[[], int], **source: Any) -> bytes:
+    """Serialized model trained with `options` on `source` (`sentence_iterator=` or `input=`); `count` gives the
+    number of sentences for the error message, only when SentencePiece complains."""
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(**source, model_writer=model, **options)
+    except RuntimeError as e:
+        raise _training_error(e, vocab_size, count()) from e
+    return model.getvalue()
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
 def _reservoir_sample(lines: Iterable[str], k: int, seed: int) -> list[str]:
     """A uniform sample of `k` lines (all of them if fewer), kept in input order; Algorithm R."""
     rng = random.Random(seed)
@@ -473,6 +519,18 @@ def _precompiled_charsmap(model_bytes: bytes) -> bytes:
     except Exception as e:  # protobuf's DecodeError
         raise UserError(f"corrupt SentencePiece model: {e}") from None
     return proto.normalizer_spec.precompiled_charsmap
+
+
+def _without_input_path(model_bytes: bytes) -> bytes:
+    """The model with `trainer_spec.input` cleared: SentencePiece records the training file's path in the model,
+    which would make the bytes depend on a temporary folder's name. Cleared, they equal what `train` writes for
+    the same sentences (checked: protobuf re-serialises this message byte for byte)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_bytes)
+    proto.trainer_spec.ClearField("input")
+    return proto.SerializeToString()
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -6,6 +6,11 @@ A corpus can be far larger than SentencePiece should see, so the job trains on a
 sample depends only on the corpus and the seed, never on block layout, worker count or read order, so the same
 inputs give a byte-identical `spiece.model`.
 
+Memory is bounded by the settings, not the corpus: Ray tasks write the candidate sentences to Parquet, the
+driver picks the sample from their key columns and streams it to a text file, and SentencePiece trains from that
+file in a Ray task that asks for the memory the trainer is estimated to need (a measured linear model in the
+sample's bytes and sentences). The sample is capped so that estimate fits the largest node (or `max_memory_gb`).
+
     tokenizers/<name>/   spiece.model  spiece.vocab  tokenizer.json  tokenizer_config.json  albert_tokenizer.json
                          manifest.json   (corpus version, sample, parameters, sha256; written last, folder renamed
                                           into place)
@@ -15,32 +20,54 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import resource
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
 from albert_core.errors import UserError
 from albert_core.storage import (
     atomic_directory,
+    build_folder,
     file_hashes,
     read_json,
     sha256_file,
     validate_name,
     write_json,
 )
-from albert_core.tokenizer import SentencePieceTokenizer
+from albert_core.tokenizer import SentencePieceTokenizer, preprocess_text
 from data_jobs.corpus import CorpusVersion, resolve_version
-from data_jobs.ray_runtime import ensure_ray
+from data_jobs.ray_runtime import ensure_ray, require_resources
 
 MANIFEST = "manifest.json"
 _U64 = 1 << 64
+
+# Peak RSS of SentencePiece training (`SentencePieceTokenizer.train_file`, unigram, vocab 30,000) as a linear model
+# in the sample's bytes and sentences. Measured 2026-12-06 on this machine (2 cores, 24 GiB), unique sentences built
+# from the shared corpora, peak read with getrusage(RUSAGE_CHILDREN) of a fresh trainer process:
+#     100,000 sentences,  11.9 MB ->  279 MB        300,000 sentences, 36.0 MB -> 759 MB
+#     300,000 sentences, 107.9 MB -> 2124 MB      1,000,000 sentences, 119.9 MB -> 2396 MB
+# Least squares: 19.1 bytes per sample byte + 63 per sentence + 49 MB (residuals under 5 MB); the suffix array
+# of the seed-piece search dominates. Rounded up, and the fixed part covers a Ray worker (~200 MB with pyarrow),
+# so the model over-estimates these runs by 18-98%. The issue's 1 GB run (7.5 M sentences, 19.6 GB including the
+# old driver's sentence list) fits it too.
+SPM_BYTES_PER_SAMPLE_BYTE = 20
+SPM_BYTES_PER_SENTENCE = 150
+SPM_FIXED_BYTES = 300_000_000
+MEMORY_SHARE = 0.8  # of the memory available, what the trainer may plan for (the estimate is not a bound)
 
 
 @dataclass(frozen=True)
@@ -49,11 +76,18 @@ class TokenizerJobConfig:
     lowercase: bool = True  # the reference's uncased models
     sample_sentences: int = 10_000_000  # at most this many sentences reach SentencePiece
     seed: int = 0  # chooses the sample
+    # memory the trainer may use; None: a share of the largest Ray node's memory (the sample is capped to fit)
+    max_memory_gb: float | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.type == "bool":
+            if f.name == "max_memory_gb":
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                    raise UserError(f"max_memory_gb must be a number, got {value!r}")
+                if value is not None and not value > 0:
+                    raise UserError(f"max_memory_gb must be > 0, got {value}")
+            elif f.type == "bool":
                 if not isinstance(value, bool):
                     raise UserError(f"{f.name} must be true or false, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, int):
@@ -105,18 +139,20 @@ def _count_sentences(batch: pa.Table) -> pa.Table:
 
 
 def _sample_batch(batch: pa.Table, seed: int, threshold: int) -> pa.Table:
-    """The non-empty sentences of `batch` whose key is below `threshold`, with their key and position."""
+    """The non-empty sentences of `batch` whose key is below `threshold`, with their key, position and size."""
     sentences = batch["sentences"].combine_chunks()
     lengths = pc.list_value_length(sentences).fill_null(0).to_numpy(zero_copy_only=False)
     flat = sentences.flatten().fill_null("")
     parent, index = _positions(lengths)
     keys = _sentence_keys(seed, batch["id"].to_pylist(), parent, index)
-    keep = (keys < np.uint64(threshold)) & (pc.utf8_length(flat).to_numpy(zero_copy_only=False) > 0)
+    nbytes = pc.binary_length(flat).to_numpy(zero_copy_only=False)
+    keep = (keys < np.uint64(threshold)) & (nbytes > 0)
     return pa.table(
         {
             "key": pa.array(keys[keep], pa.uint64()),
             "doc_id": batch["id"].combine_chunks().take(pa.array(parent[keep])),
             "index": pa.array(index[keep], pa.int32()),
+            "nbytes": pa.array(nbytes[keep], pa.int32()),
             "sentence": flat.filter(pa.array(keep)),
         }
     )
@@ -124,13 +160,14 @@ def _sample_batch(batch: pa.Table, seed: int, threshold: int) -> pa.Table:
 
 def _threshold(k: int, total: int) -> int:
     """Key threshold that lets through about k + 6σ sentences: enough that the k smallest keys are all below it
-    except with negligible probability, few enough that the driver holds little more than the sample."""
+    except with negligible probability, few enough that the candidates are little more than the sample."""
     expected = k + 6 * math.sqrt(k) + 100
     return _U64 - 1 if expected >= total else int(expected / total * _U64)
 
 
-def sample_sentences(source: CorpusVersion, cfg: TokenizerJobConfig) -> tuple[list[str], int]:
-    """(the sample in (document id, sentence index) order, number of sentences in the corpus version)."""
+def _write_candidates(source: CorpusVersion, cfg: TokenizerJobConfig, folder: Path) -> int:
+    """Ray tasks write every sentence below the key threshold to `folder/*.parquet`; returns the number of
+    sentences in the corpus version. Nothing but counts passes through the driver."""
     files = [str(p) for p in source.doc_files()]
     if not files:
         raise UserError(f"corpus {source.id} has no document files")
@@ -139,22 +176,163 @@ def sample_sentences(source: CorpusVersion, cfg: TokenizerJobConfig) -> tuple[li
     total = docs.map_batches(_count_sentences, batch_format="pyarrow").sum("sentences") or 0
     if not total:
         raise UserError(f"corpus {source.id} has no sentences to train a tokenizer on")
-    below = docs.map_batches(
+    docs.map_batches(
         _sample_batch,
         fn_kwargs={"seed": cfg.seed, "threshold": _threshold(cfg.sample_sentences, total)},
         batch_format="pyarrow",
-    )
-    tables = list(below.iter_batches(batch_format="pyarrow", batch_size=None))
-    if not tables:
-        raise UserError(f"corpus {source.id} has only empty sentences")
+    ).write_parquet(str(folder))
+    return int(total)
+
+
+def _choose(folder: Path, k: int) -> pa.Table:
+    """The k candidates with the smallest keys, in key order: (file, row) where each one's sentence is, plus
+    doc_id, index and nbytes. Reads only these columns, as Arrow (about 30 bytes per candidate plus its document
+    id), never the sentences and never a Python object per candidate."""
+    parts = []
+    for number, path in enumerate(sorted(folder.glob("*.parquet"))):
+        part = pq.read_table(path, columns=["key", "doc_id", "index", "nbytes"])
+        parts.append(
+            part.append_column("file", pa.array(np.full(len(part), number, np.int32))).append_column(
+                "row", pa.array(np.arange(len(part), dtype=np.int64))
+            )
+        )
+    candidates = pa.concat_tables(parts) if parts else None
+    if candidates is None or not len(candidates):
+        raise UserError("the corpus has only empty sentences")
     # (key, doc_id, index) is a total order, so ties in the key cannot make the sample depend on arrival order.
-    sample = (
-        pa.concat_tables(tables)
-        .sort_by([("key", "ascending"), ("doc_id", "ascending"), ("index", "ascending")])
-        .slice(0, cfg.sample_sentences)
-        .sort_by([("doc_id", "ascending"), ("index", "ascending")])
+    order = [("key", "ascending"), ("doc_id", "ascending"), ("index", "ascending")]
+    return candidates.take(pc.select_k_unstable(candidates, k=min(k, len(candidates)), sort_keys=order))
+
+
+def _sentences_in_order(folder: Path, chosen: pa.Table, batch: int = 1 << 16) -> Iterator[pa.Array]:
+    """The raw sentences of `chosen` in (document id, sentence index) order, `batch` at a time.
+
+    Each candidate file is read once for the chosen rows; the driver then holds the sample as one Arrow string
+    array (about its text size), never as Python strings beyond one batch."""
+    files = chosen["file"].to_numpy()
+    rows = chosen["row"].to_numpy()
+    by_location = np.lexsort((rows, files))  # the order in which `texts` below holds the sentences
+    paths = sorted(folder.glob("*.parquet"))
+    texts = pa.chunked_array(
+        [
+            pq.read_table(paths[f], columns=["sentence"])["sentence"].take(
+                pa.array(np.sort(rows[files == f]))
+            )
+            for f in np.unique(files)
+        ],
+        pa.string(),
     )
-    return sample["sentence"].to_pylist(), int(total)
+    where = np.empty(len(chosen), np.int64)
+    where[by_location] = np.arange(len(chosen))
+    order = pc.sort_indices(chosen, [("doc_id", "ascending"), ("index", "ascending")]).to_numpy()
+    for start in range(0, len(order), batch):
+        yield texts.take(pa.array(where[order[start : start + batch]])).combine_chunks()
+
+
+def sample_sentences(source: CorpusVersion, cfg: TokenizerJobConfig) -> tuple[list[str], int]:
+    """(the sample in (document id, sentence index) order, number of sentences in the corpus version), as a
+    list for inspection on small local corpora (the candidates go to a local temporary folder); the job streams
+    the same sample to a file under ALBERT_HOME instead."""
+    with tempfile.TemporaryDirectory() as tmp:
+        total = _write_candidates(source, cfg, Path(tmp))
+        chosen = _choose(Path(tmp), cfg.sample_sentences)
+        return [s for part in _sentences_in_order(Path(tmp), chosen) for s in part.to_pylist()], total
+
+
+def _write_sample(folder: Path, chosen: pa.Table, lowercase: bool, path: Path) -> tuple[int, int]:
+    """Write the chosen sentences, preprocessed for SentencePiece, one per line in (document id, sentence
+    index) order (the order `train` saw them in, so the model stays byte-identical); (lines, bytes)."""
+    lines = 0
+    with path.open("wb") as out:
+        for part in _sentences_in_order(folder, chosen):
+            texts = [t for t in (preprocess_text(s, lowercase) for s in part.to_pylist()) if t]
+            if texts:
+                out.write(("\n".join(texts) + "\n").encode("utf-8"))
+            lines += len(texts)
+    return lines, path.stat().st_size
+
+
+# --- memory ------------------------------------------------------------------------------------------------------
+
+
+def estimate_training_memory(sample_bytes: int | np.ndarray, sentences: int | np.ndarray) -> int | np.ndarray:
+    """Peak RSS of the SentencePiece trainer for a sample of this size (the measured model above)."""
+    return SPM_BYTES_PER_SAMPLE_BYTE * sample_bytes + SPM_BYTES_PER_SENTENCE * sentences + SPM_FIXED_BYTES
+
+
+def _node_memory() -> int:
+    """The `memory` resource of the largest live Ray node: the most one task can ask for."""
+    return int(max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0))
+
+
+def _memory_budget(cfg: TokenizerJobConfig) -> int:
+    """Bytes the trainer may plan for: `max_memory_gb` if given, else a share of the largest node's memory (on
+    a local runtime also of this machine's memory available now, which the running driver already uses)."""
+    if cfg.max_memory_gb is not None:
+        return int(cfg.max_memory_gb * 1e9)
+    memory = _node_memory()
+    if not os.environ.get("RAY_ADDRESS"):
+        memory = min(memory, psutil.virtual_memory().available)
+    return int(memory * MEMORY_SHARE)
+
+
+def _cap(chosen: pa.Table, budget: int) -> int:
+    """How many of `chosen` (in key order, so any prefix is itself a uniform sample) fit `budget`."""
+    nbytes = np.cumsum(chosen["nbytes"].to_numpy().astype(np.int64) + 1)  # + the newline
+    need = estimate_training_memory(nbytes, np.arange(1, len(nbytes) + 1))
+    fits = int(np.searchsorted(need, budget, side="right"))
+    if not fits:
+        raise UserError(
+            f"tokenizer: {_gb(budget)} of memory is not enough to train on even one sentence "
+            f"(the trainer alone needs about {_gb(SPM_FIXED_BYTES)}); pass a larger --max-memory-gb"
+        )
+    if fits < len(chosen):
+        per_sentence = int(need[fits - 1]) / fits
+        print(
+            f"tokenizer: sample capped at {fits:,} of {len(chosen):,} sentences to fit {_gb(budget)} "
+            f"(estimated {per_sentence / 1e3:.1f} KB per sentence); pass --max-memory-gb to change",
+            file=sys.stderr,
+        )
+    return fits
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def _train_task(path: str, vocab_size: int, lowercase: bool) -> tuple[bytes, str, int]:
+    """SentencePiece on the sample file, wherever Ray placed this task: (model bytes, node id, peak RSS of the
+    worker process). One CPU reserved: the trainer's thread count is fixed for reproducibility (see
+    DEFAULT_TRAIN_THREADS). No retries: training is deterministic, so a second try would fail the same way."""
+    model = SentencePieceTokenizer.train_file(path, vocab_size=vocab_size, lowercase=lowercase).model_bytes
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return model, ray.get_runtime_context().get_node_id(), peak
+
+
+def _train_on_ray(
+    path: Path, cfg: TokenizerJobConfig, request: int
+) -> tuple[SentencePieceTokenizer, str, int]:
+    """Train in a Ray task that asks for `request` bytes of memory, so that on a cluster it runs on a node
+    that has them. Fails at once, rather than waiting forever, when no node is that large (with
+    ALBERT_AUTOSCALER=1 it says so and waits for the autoscaler, `require_resources`)."""
+    try:
+        require_resources("tokenizer training", 1, {"CPU": 1, "memory": request})
+    except UserError as e:
+        raise UserError(f"{e}; pass a smaller --max-memory-gb or --sample-sentences") from None
+    task = _train_task.options(memory=request).remote(str(path), cfg.vocab_size, cfg.lowercase)
+    try:
+        model, node, peak = ray.get(task)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, UserError):
+            raise UserError(str(e.cause)) from None
+        raise
+    except (ray.exceptions.OutOfMemoryError, ray.exceptions.WorkerCrashedError) as e:
+        raise UserError(
+            f"tokenizer: the training task died ({type(e).__name__}) with {_gb(request)} requested; "
+            f"pass a smaller --max-memory-gb or --sample-sentences"
+        ) from None
+    return SentencePieceTokenizer.from_bytes(model, cfg.lowercase), node, peak
 
 
 # --- the job -----------------------------------------------------------------------------------------------------
@@ -170,8 +348,11 @@ def train_tokenizer(
 ) -> dict[str, Any]:
     """Train a SentencePiece vocabulary on a sample of a corpus version; return the summary the CLI prints.
 
-    Retraining under an existing name replaces that tokenizer atomically (shards built with the old one record
-    its sha256, so they are not silently mixed up with the new one).
+    The sample goes from Ray tasks to Parquet files, then to a text file, both in a temporary folder under
+    ALBERT_HOME, and the training task reads that file: on a cluster, ALBERT_HOME must be shared storage (as
+    it already must be for corpora and shards). Retraining under an existing name replaces that tokenizer
+    atomically (shards built with the old one record its sha256, so they are not silently mixed up with the
+    new one).
     """
     started = time.perf_counter()
     name = corpus if name is None else name
@@ -179,16 +360,35 @@ def train_tokenizer(
     if target.exists() and not (target / MANIFEST).is_file():
         raise UserError(f"{target} exists but is not a trained tokenizer; remove it or choose another --name")
     source = resolve_version(home, corpus, version)
-    sentences, total = sample_sentences(source, cfg)
-    tokenizer = SentencePieceTokenizer.train(
-        sentences, vocab_size=cfg.vocab_size, lowercase=cfg.lowercase, seed=cfg.seed
-    )
+    with build_folder(target.parent, f".sample-{name}.") as tmp:
+        tmp = tmp.resolve()
+        total = _write_candidates(source, cfg, tmp / "candidates")
+        chosen = _choose(tmp / "candidates", cfg.sample_sentences)
+        budget = _memory_budget(cfg)
+        fits = _cap(chosen, budget)
+        capped = fits < len(chosen)
+        sample = tmp / "sample.txt"
+        lines, sample_bytes = _write_sample(tmp / "candidates", chosen.slice(0, fits), cfg.lowercase, sample)
+        del chosen  # the driver holds nothing of the sample while the trainer runs
+        request = int(estimate_training_memory(sample_bytes, lines))
+        tokenizer, node, peak = _train_on_ray(sample, cfg, request)
+    memory = {
+        "max_memory_gb": cfg.max_memory_gb,
+        "budget_bytes": budget,
+        "estimated_bytes": request,
+        "sample_bytes": sample_bytes,
+        "capped": capped,
+        "trainer_node": node,  # the Ray node that ran the training task
+        # of the worker process that trained (a reused worker's earlier tasks count too): checks the estimate
+        "trainer_peak_rss_bytes": peak,
+    }
     manifest = {
         "name": name,
         "corpus": source.id,
         "corpus_manifest_sha256": sha256_file(source.path / MANIFEST),
-        "sample": {"sentences": len(sentences), "corpus_sentences": total},
-        "parameters": asdict(cfg),
+        "sample": {"sentences": fits, "corpus_sentences": total},
+        "parameters": {k: v for k, v in asdict(cfg).items() if k != "max_memory_gb"},
+        "memory": memory,
         "vocab_size": tokenizer.vocab_size,
         "sha256": tokenizer.sha256,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -204,8 +404,9 @@ def train_tokenizer(
         "vocab_size": tokenizer.vocab_size,
         "lowercase": tokenizer.lowercase,
         "corpus": source.id,
-        "sentences_sampled": len(sentences),
+        "sentences_sampled": fits,
         "corpus_sentences": total,
+        "memory": memory,
         "sha256": tokenizer.sha256,
         "seconds": manifest["seconds"],
     }

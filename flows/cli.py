@@ -104,6 +104,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> dict[str, Any]:
         lowercase=not args.cased,
         sample_sentences=args.sample_sentences,
         seed=args.seed,
+        max_memory_gb=args.max_memory_gb,
     )
     return train_tokenizer(
         args.corpus, home=albert_home(args.home), version=args.version, name=args.name, cfg=cfg
@@ -336,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cased", action="store_true", help="keep case (the reference lower-cases)")
     p.add_argument("--sample-sentences", type=int, default=10_000_000, help="at most this many sentences")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-memory-gb", type=float,
+                   help="memory the trainer may use; the sample is capped to fit (default: 80%% of the largest "
+                        "Ray node's memory)")  # fmt: skip
     p.add_argument(
         "--config-json",
         help="the whole job config as JSON (how ingest_flow submits a Ray job); replaces the option flags",

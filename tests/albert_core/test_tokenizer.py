@@ -302,3 +302,20 @@ def test_word_start_mask(uncased: SentencePieceTokenizer) -> None:
 )
 def test_is_start_piece_follows_the_reference(piece: str, starts: bool) -> None:
     assert is_start_piece(piece) is starts
+
+
+def test_train_file_gives_the_same_model_as_train(
+    train_lines: list[str], uncased: SentencePieceTokenizer, tmp_path: Path
+) -> None:
+    """The job trains from a file of preprocessed lines; same sentences, same order -> the same bytes (the
+    file's path, which SentencePiece records in the model, is cleared)."""
+    path = tmp_path / "sample.txt"
+    lines = [p for p in (preprocess_text(s, lowercase=True) for s in train_lines) if p]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    from_file = SentencePieceTokenizer.train_file(path, vocab_size=VOCAB_SIZE, lowercase=True)
+    assert from_file.model_bytes == uncased.model_bytes
+    assert str(tmp_path).encode() not in from_file.model_bytes
+    with pytest.raises(UserError, match="vocab_size 200000 is too large"):
+        SentencePieceTokenizer.train_file(path, vocab_size=200_000)
+    with pytest.raises(UserError, match="not found"):
+        SentencePieceTokenizer.train_file(tmp_path / "missing.txt")

@@ -2,15 +2,20 @@
 reproducible model, and one-line errors for what a user can get wrong."""
 
 import json
+import time
 from pathlib import Path
 
 import pytest
+import ray
 
 from albert_core.errors import UserError
 from albert_core.storage import sha256_file
+from albert_core.tokenizer import SentencePieceTokenizer
+from data_jobs import tokenizer_job
 from data_jobs.corpus import resolve_version
 from data_jobs.tokenizer_job import (
     TokenizerJobConfig,
+    estimate_training_memory,
     load_tokenizer,
     sample_sentences,
     train_tokenizer,
@@ -149,6 +154,74 @@ def test_user_errors(home: Path, albert_home: Path) -> None:
     (home / "tokenizers" / "foreign" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not a trained tokenizer"):
         train_tokenizer("wiki", home=home, name="foreign")
-    for bad in ({"vocab_size": "big"}, {"sample_sentences": 0}, {"lowercase": "yes"}, {"seed": -1}):
+    bad_configs = (
+        {"vocab_size": "big"},
+        {"sample_sentences": 0},
+        {"lowercase": "yes"},
+        {"seed": -1},
+        {"max_memory_gb": 0},
+        {"max_memory_gb": "8"},
+    )
+    for bad in bad_configs:
         with pytest.raises(UserError):
             TokenizerJobConfig(**bad)
+
+
+def test_sample_streamed_from_a_file_gives_the_in_memory_model(home: Path, trained: dict) -> None:
+    """The job writes the sample to a file and trains from it in a Ray task; the model is the one `train` builds
+    from the sample as a Python list (what the job did before)."""
+    sentences, _ = sample_sentences(
+        resolve_version(home, "wiki"), TokenizerJobConfig(sample_sentences=SAMPLE)
+    )
+    in_memory = SentencePieceTokenizer.train(sentences, vocab_size=VOCAB, lowercase=True)
+    assert in_memory.sha256 == trained["sha256"]
+
+    memory = json.loads((Path(trained["path"]) / "manifest.json").read_text())["memory"]
+    assert memory == trained["memory"]
+    assert memory["trainer_node"] in {n["NodeID"] for n in ray.nodes()}  # trained in a Ray task
+    assert memory["capped"] is False and memory["max_memory_gb"] is None
+    expected = estimate_training_memory(memory["sample_bytes"], SAMPLE)
+    assert memory["estimated_bytes"] == expected <= memory["budget_bytes"]
+    assert memory["trainer_peak_rss_bytes"] > 0
+
+
+def test_sample_is_capped_to_the_memory_budget(home: Path, capsys: pytest.CaptureFixture) -> None:
+    # a budget that holds about half the sample (sentences here are ~120 bytes)
+    budget = estimate_training_memory(SAMPLE // 2 * 120, SAMPLE // 2)
+    cfg = TokenizerJobConfig(vocab_size=2000, sample_sentences=SAMPLE, max_memory_gb=budget / 1e9)
+    capped = train_tokenizer("wiki", home=home, name="capped", cfg=cfg)
+    err = capsys.readouterr().err.strip().splitlines()
+    fits = capped["sentences_sampled"]
+    assert SAMPLE // 4 < fits < SAMPLE
+    assert len(err) == 1 and err[0].startswith(
+        f"tokenizer: sample capped at {fits:,} of {SAMPLE:,} sentences"
+    )
+    assert "pass --max-memory-gb to change" in err[0]
+    memory = capped["memory"]
+    assert memory["capped"] is True and memory["max_memory_gb"] == budget / 1e9
+    assert memory["estimated_bytes"] <= memory["budget_bytes"] == int(budget)
+    # the cap keeps the smallest keys, so it is the sample that sample_sentences=fits chooses: same model
+    plain = train_tokenizer(
+        "wiki-one-file",
+        home=home,
+        name="plain",
+        cfg=TokenizerJobConfig(vocab_size=2000, sample_sentences=fits),
+    )
+    assert plain["sha256"] == capped["sha256"] and plain["memory"]["capped"] is False
+
+
+def test_memory_no_node_has_fails_fast_in_one_line(
+    home: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokenizer_job, "SPM_FIXED_BYTES", 10**15)  # the trainer "needs" a petabyte
+    argv = ["tokenizer", "train", "--corpus", "wiki", "--name", "too-big", "--max-memory-gb", "10000000",
+            "--home", str(home)]  # fmt: skip
+    started = time.monotonic()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("albert: error: tokenizer training asks for 1 worker with")
+    assert err[0].endswith("pass a smaller --max-memory-gb or --sample-sentences")
+    assert time.monotonic() - started < 60  # no waiting for a node that will never come
+    assert not (home / "tokenizers" / "too-big").exists()
+    with pytest.raises(UserError, match="not enough to train on even one sentence"):
+        train_tokenizer("wiki", home=home, name="tiny", cfg=TokenizerJobConfig(max_memory_gb=0.001))
