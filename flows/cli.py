@@ -89,6 +89,7 @@ def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
         pre_split=args.pre_split,
         encoding=args.encoding,
         max_line_bytes=args.max_line_bytes,
+        range_mb=args.range_mb,
     )
     return ingest(args.paths, args.corpus, home=albert_home(args.home), cfg=cfg)
 
@@ -320,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pre-split", action="store_true", help="one sentence per line already: do not split")
     p.add_argument("--encoding", default="utf-8", help="utf-8 (strict), auto (detect), or a codec name")
     p.add_argument("--max-line-bytes", type=int, default=1_000_000, help="longer lines are quarantined")
+    p.add_argument("--range-mb", type=float, default=16.0,
+                   help="input per task: larger files are read as ranges of this size, in parallel")  # fmt: skip
     p.add_argument(
         "--config-json",
         help="the whole job config as JSON (how ingest_flow submits a Ray job); replaces the option flags",
