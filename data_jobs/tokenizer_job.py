@@ -67,6 +67,8 @@ _U64 = 1 << 64
 SPM_BYTES_PER_SAMPLE_BYTE = 20
 SPM_BYTES_PER_SENTENCE = 150
 SPM_FIXED_BYTES = 300_000_000
+# Candidates kept beyond what the budget fits at the corpus's mean sentence size (sampled sentences vary in size).
+CANDIDATE_MARGIN = 1.5
 MEMORY_SHARE = 0.8  # of the memory available, what the trainer may plan for (the estimate is not a bound)
 
 
@@ -135,7 +137,10 @@ def _sentence_keys(seed: int, doc_ids: list[str], parent: np.ndarray, index: np.
 
 
 def _count_sentences(batch: pa.Table) -> pa.Table:
-    return pa.table({"sentences": [int(pc.sum(pc.list_value_length(batch["sentences"])).as_py() or 0)]})
+    sentences = pc.list_flatten(batch["sentences"])
+    return pa.table(
+        {"sentences": [len(sentences)], "bytes": [int(pc.sum(pc.binary_length(sentences)).as_py() or 0)]}
+    )
 
 
 def _sample_batch(batch: pa.Table, seed: int, threshold: int) -> pa.Table:
@@ -165,23 +170,34 @@ def _threshold(k: int, total: int) -> int:
     return _U64 - 1 if expected >= total else int(expected / total * _U64)
 
 
-def _write_candidates(source: CorpusVersion, cfg: TokenizerJobConfig, folder: Path) -> int:
+def _write_candidates(
+    source: CorpusVersion, cfg: TokenizerJobConfig, folder: Path, budget: int | None = None
+) -> int:
     """Ray tasks write every sentence below the key threshold to `folder/*.parquet`; returns the number of
-    sentences in the corpus version. Nothing but counts passes through the driver."""
+    sentences in the corpus version. Nothing but counts passes through the driver.
+
+    With a memory `budget`, the threshold is set for the sentences that can fit it (from the corpus's mean
+    sentence size, with a margin), so the candidates, and what the driver reads of them, stay near what the
+    trainer can take whatever the corpus size; `_cap` then fits the sample exactly."""
     files = [str(p) for p in source.doc_files()]
     if not files:
         raise UserError(f"corpus {source.id} has no document files")
     ensure_ray()
     docs = ray.data.read_parquet(files, columns=["id", "sentences"])
-    total = docs.map_batches(_count_sentences, batch_format="pyarrow").sum("sentences") or 0
+    counts = docs.map_batches(_count_sentences, batch_format="pyarrow")
+    total, total_bytes = int(counts.sum("sentences") or 0), int(counts.sum("bytes") or 0)
     if not total:
         raise UserError(f"corpus {source.id} has no sentences to train a tokenizer on")
+    k = cfg.sample_sentences
+    if budget is not None:
+        per_sentence = estimate_training_memory(total_bytes / total + 1, 1) - SPM_FIXED_BYTES
+        k = min(k, int(CANDIDATE_MARGIN * max(0, budget - SPM_FIXED_BYTES) / per_sentence) + 1)
     docs.map_batches(
         _sample_batch,
-        fn_kwargs={"seed": cfg.seed, "threshold": _threshold(cfg.sample_sentences, total)},
+        fn_kwargs={"seed": cfg.seed, "threshold": _threshold(k, total)},
         batch_format="pyarrow",
     ).write_parquet(str(folder))
-    return int(total)
+    return total
 
 
 def _choose(folder: Path, k: int) -> pa.Table:
@@ -276,8 +292,9 @@ def _memory_budget(cfg: TokenizerJobConfig) -> int:
     return int(memory * MEMORY_SHARE)
 
 
-def _cap(chosen: pa.Table, budget: int) -> int:
-    """How many of `chosen` (in key order, so any prefix is itself a uniform sample) fit `budget`."""
+def _cap(chosen: pa.Table, budget: int, wanted: int) -> int:
+    """How many of `chosen` (in key order, so any prefix is itself a uniform sample) fit `budget`; `wanted`: the
+    sample size asked for (for the message)."""
     nbytes = np.cumsum(chosen["nbytes"].to_numpy().astype(np.int64) + 1)  # + the newline
     need = estimate_training_memory(nbytes, np.arange(1, len(nbytes) + 1))
     fits = int(np.searchsorted(need, budget, side="right"))
@@ -286,10 +303,10 @@ def _cap(chosen: pa.Table, budget: int) -> int:
             f"tokenizer: {_gb(budget)} of memory is not enough to train on even one sentence "
             f"(the trainer alone needs about {_gb(SPM_FIXED_BYTES)}); pass a larger --max-memory-gb"
         )
-    if fits < len(chosen):
+    if fits < wanted:
         per_sentence = int(need[fits - 1]) / fits
         print(
-            f"tokenizer: sample capped at {fits:,} of {len(chosen):,} sentences to fit {_gb(budget)} "
+            f"tokenizer: sample capped at {fits:,} of {wanted:,} sentences to fit {_gb(budget)} "
             f"(estimated {per_sentence / 1e3:.1f} KB per sentence); pass --max-memory-gb to change",
             file=sys.stderr,
         )
@@ -362,11 +379,12 @@ def train_tokenizer(
     source = resolve_version(home, corpus, version)
     with build_folder(target.parent, f".sample-{name}.") as tmp:
         tmp = tmp.resolve()
-        total = _write_candidates(source, cfg, tmp / "candidates")
-        chosen = _choose(tmp / "candidates", cfg.sample_sentences)
         budget = _memory_budget(cfg)
-        fits = _cap(chosen, budget)
-        capped = fits < len(chosen)
+        total = _write_candidates(source, cfg, tmp / "candidates", budget)
+        chosen = _choose(tmp / "candidates", cfg.sample_sentences)
+        wanted = min(cfg.sample_sentences, total)
+        fits = _cap(chosen, budget, wanted)
+        capped = fits < wanted
         sample = tmp / "sample.txt"
         lines, sample_bytes = _write_sample(tmp / "candidates", chosen.slice(0, fits), cfg.lowercase, sample)
         del chosen  # the driver holds nothing of the sample while the trainer runs
