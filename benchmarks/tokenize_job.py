@@ -13,8 +13,9 @@ Figures at the headline size (8 MB; `--quick` 2 MB); each repetition runs every 
 after one untimed warm-up round; medians and the min-max of per-repetition ratios:
 
 - ours, workers N: `tokenize_corpus(..., workers=N)` into a fresh `tokenized/` folder: plan units from Parquet
-  metadata, Ray Data tasks read + encode (SentencePiece batch, `cores // N` threads) + build Arrow lists from
-  offsets + write zstd Parquet, then sha256s, manifest and rename. Ray is already up (its start is reported
+  metadata, one Ray task per row group (at most N at a time) reads it once and per unit preprocesses in
+  pyarrow.compute + encodes (SentencePiece batch, int32 buffers, `cores // N` threads, more when there are fewer
+  row groups than N) + builds Arrow lists from offsets + writes zstd Parquet, then sha256s, manifest and rename. Ray is already up (its start is reported
   apart). N = cores is the headline (what the CLI does by default).
 - (a) raw spm x cores: `SentencePieceProcessor.encode(sentences, num_threads=1)` on the same, already
   preprocessed sentences in this process, times the core count: only the C++ encode, no I/O. An ideal.
@@ -24,7 +25,8 @@ after one untimed warm-up round; medians and the min-max of per-repetition ratio
 - shards end to end (a separate row, not part of P1): `build_shards(..., workers=cores)` with nothing built
   (tokenize job + pool + SOP pairs + static masking + zstd Parquet), max_seq_len 128, dupe_factor 1.
 - Ray Data fixed cost: the tokenize job's plan (one item per unit) through `map_batches` with a no-op function,
-  as tasks (what the job uses) and as an actor pool of `cores` actors (what the shards job used before).
+  as tasks (what the job used until it ran plain Ray tasks) and as an actor pool of `cores` actors (what the
+  shards job used before).
 
 Scaling: the tokenize job's MB/s and peak memory vs input size (1-32 MB; `--quick` 1-4 MB), and the shards job
 (SOP only: its tokenized input already built) peak memory vs size; memory is the peak of the summed RSS of this
@@ -559,7 +561,7 @@ def markdown(r: dict[str, Any], cores: int) -> str:
     fmt = lambda d: f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"  # noqa: E731
     rows = [
         (f"**ours: tokenize job, workers {cores} (default)**", "ours",
-         "plan units, Ray Data tasks: read, encode, Arrow lists, zstd Parquet; sha256, manifest, rename (Ray up)"),
+         "plan units, a Ray task per row group: read, encode, Arrow lists, zstd Parquet; sha256, manifest, rename (Ray up)"),
         *((f"ours: tokenize job, workers {n}", f"ours_w{n}", f"same, {n} task(s) at a time")
           for n in r["config"]["workers"] if n != cores),
         ("(a) raw spm 1 thread x cores", "spm_x_cores", "C++ encode of preprocessed sentences only, x cores"),

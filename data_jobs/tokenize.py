@@ -1,4 +1,4 @@
-"""Tokenize job: a corpus version + a tokenizer -> the token ids of every sentence, in Parquet, by Ray Data tasks.
+"""Tokenize job: a corpus version + a tokenizer -> the token ids of every sentence, in Parquet, by Ray tasks.
 
     tokenized/<id>/   part-00000.parquet …   manifest.json
 
@@ -11,11 +11,16 @@ the version manifests, parents included), the tokenizer's sha256 and casing, and
 a manifest is reused. The worker count is not part of the id: it changes no byte.
 
 How: the driver cuts the docs files into units (a slice of about `UNIT_BYTES` of one row group), from Parquet
-metadata alone. Ray Data runs one task per unit: read the slice, encode its sentences in SentencePiece batches on
-`threads` threads, build the Arrow list arrays from offsets, write `part-<unit>.parquet`; only a statistics row
-comes back. Memory per task is one row group, whatever the corpus size; file names follow the unit plan, never
-the arrival order. The folder is written under a temporary name, the manifest (sha256 and rows of each file)
-last, then renamed into place.
+metadata alone. One Ray task per row group, at most `workers` at a time, reads it once and, for each of its units,
+encodes the sentences (preprocessing in pyarrow.compute, SentencePiece batches on `threads` threads, int32 buffers
+back), builds the Arrow list arrays from offsets and writes `part-<unit>.parquet`; only statistics rows come back.
+Memory per task is one row group, whatever the corpus size; file names follow the unit plan, never the arrival
+order, and neither the worker count nor the thread count changes a byte. The folder is written under a temporary
+name, the manifest (sha256 and rows of each file) last, then renamed into place.
+
+Plain Ray tasks, not Ray Data: the tasks read and write their own files and return a few numbers, so Ray Data's
+streaming executor had nothing to stream, and its start cost ~0.15 s per job (measured) against ~0.01 s for
+tasks: more than encoding 2 MB of text on 2 cores.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,10 +54,10 @@ MANIFEST = "manifest.json"
 # Text per task. Small enough that a few MB of text still spread over every core, large enough that Ray's
 # per-task cost (~10 ms) stays a few percent of the encode (~1 MB at ~8 MB/s per core).
 UNIT_BYTES = 1 << 20
-# A unit reads its whole row group, so a row group cut into k units is decoded k times: at most this many (a
-# 64 MB row group then costs 8 decodes, ~10% of encoding it).
+# Units per row group at most: they are the parts (files) of the output. A task reads its row group once for all
+# of them.
 MAX_SLICES = 8
-ENCODE_SENTENCES = 16384  # sentences per SentencePiece batch call: bounds the Python lists it returns
+ENCODE_SENTENCES = 16384  # sentences per SentencePiece batch call: bounds the Python strings alive at once
 
 SCHEMA = pa.schema(
     [
@@ -107,15 +112,14 @@ def encode_documents(tokenizer: SentencePieceTokenizer, docs: pa.Table, threads:
         sentences = pa.array([], pa.list_(pa.string()))
     per_doc = pc.list_value_length(sentences).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(sentences).fill_null("")
-    texts = flat.to_pylist()
-    ids: list[list[int]] = []
-    for at in range(0, len(texts), ENCODE_SENTENCES):
-        ids += tokenizer.encode(texts[at : at + ENCODE_SENTENCES], num_threads=threads)
-    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-    tokens = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    sentence_offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32)
+    # Whole Arrow string arrays go to SentencePiece (`encode_arrow`: preprocessing in pyarrow.compute, int32
+    # buffers back), in slices that bound the Python strings alive at once.
+    inner = pa.concat_arrays(
+        [tokenizer.encode_arrow(flat.slice(at, ENCODE_SENTENCES), num_threads=threads)
+         for at in range(0, len(flat), ENCODE_SENTENCES)]
+        or [pa.array([], pa.list_(pa.int32()))]
+    )  # fmt: skip
     doc_offsets = np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int32)
-    inner = pa.ListArray.from_arrays(pa.array(sentence_offsets), pa.array(tokens))
     text_bytes = np.bincount(
         np.repeat(np.arange(len(per_doc)), per_doc),
         weights=pc.binary_length(flat).to_numpy(zero_copy_only=False),
@@ -130,37 +134,41 @@ def encode_documents(tokenizer: SentencePieceTokenizer, docs: pa.Table, threads:
     return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
-_TOKENIZERS: dict[str, SentencePieceTokenizer] = {}  # per worker process: loaded once, not once per task
+_TOKENIZERS: dict[tuple[str, bool], SentencePieceTokenizer] = {}  # per worker process, by content and casing
 
 
-def _tokenizer(ref: ray.ObjectRef) -> SentencePieceTokenizer:
-    key = ref.hex()
+def _tokenizer(ref: ray.ObjectRef, key: tuple[str, bool]) -> SentencePieceTokenizer:
+    """Loaded once per worker process, and kept across jobs: unpickling a 16k-piece model costs ~25 ms."""
     if key not in _TOKENIZERS:
         _TOKENIZERS.clear()
         _TOKENIZERS[key] = ray.get(ref)
     return _TOKENIZERS[key]
 
 
-def _tokenize_units(batch: pa.Table, tokenizer: ray.ObjectRef, folder: str, threads: int) -> pa.Table:
-    """Ray Data task: each unit of the batch -> `part-<unit>.parquet` in `folder`; one statistics row per unit."""
-    tok = _tokenizer(tokenizer)
+@ray.remote(num_cpus=1)
+def _tokenize_row_group(
+    units: list[Unit], tokenizer: list[ray.ObjectRef], key: tuple[str, bool], folder: str, threads: int
+) -> list[dict[str, Any]]:
+    """Ray task: the units of one row group (read once) -> `part-<unit>.parquet` each in `folder`; one statistics
+    row per unit. `tokenizer` is a list so that Ray passes the reference, not the unpickled model."""
+    tok = _tokenizer(tokenizer[0], key)
+    docs = pq.ParquetFile(units[0].file).read_row_group(
+        units[0].row_group, columns=["id", "source", "sentences"]
+    )
     rows = []
-    for unit in (Unit(**row) for row in batch.to_pylist()):
-        docs = pq.ParquetFile(unit.file).read_row_group(unit.row_group, columns=["id", "source", "sentences"])
+    for unit in units:
         table = encode_documents(tok, docs.slice(unit.start, unit.stop - unit.start), threads)
         path = Path(folder) / part_name(unit.index)
         # No dictionary for the token lists: building one cost as much as the rest of the write and made the
-        # file larger (measured).
-        pq.write_table(
-            table, path, compression="zstd", use_dictionary=["source"]
-        )  # a retry rewrites its file
+        # file larger (measured). A retried task rewrites its files.
+        pq.write_table(table, path, compression="zstd", use_dictionary=["source"])
         rows.append({
             "unit": unit.index, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
             "documents": table.num_rows, "sentences": len(pc.list_flatten(table["sentences"])),
             "tokens": len(pc.list_flatten(pc.list_flatten(table["sentences"]))),
             "text_bytes": int(pc.sum(table["text_bytes"]).as_py() or 0),
         })  # fmt: skip
-    return pa.Table.from_pylist(rows, schema=STATS_SCHEMA)
+    return rows
 
 
 def part_name(unit: int) -> str:
@@ -261,19 +269,26 @@ def tokenize_corpus(
 def _run_units(
     units: list[Unit], tokenizer: SentencePieceTokenizer, folder: Path, n: int, threads: int
 ) -> pa.Table:
-    # Tasks, not an actor pool: a unit reads, encodes and writes in one task, so there is nothing to keep warm,
-    # and starting actors cost more than the work on small corpora (see benchmarks/results/tokenize_job.md).
-    plan = ray.data.from_items([asdict(u) for u in units], override_num_blocks=len(units))
-    results = plan.map_batches(
-        _tokenize_units,
-        fn_kwargs={"tokenizer": ray.put(tokenizer), "folder": str(folder), "threads": threads},
-        batch_format="pyarrow",
-        batch_size=1,
-        compute=ray.data.TaskPoolStrategy(size=n),
-        num_cpus=1,
-    )
-    tables = list(results.iter_batches(batch_format="pyarrow", batch_size=None))
-    return pa.concat_tables(tables) if tables else STATS_SCHEMA.empty_table()
+    """One task per row group, at most `n` in flight; the statistics rows of every unit."""
+    groups = [list(g) for _, g in itertools.groupby(units, key=lambda u: (u.file, u.row_group))]
+    if 0 < len(groups) < n:  # fewer tasks than workers (a small corpus): give each the idle cores' threads
+        threads = max(threads, available_cores() // len(groups))
+    ref, key = [ray.put(tokenizer)], (tokenizer.sha256, tokenizer.lowercase)
+    pending: list[ray.ObjectRef] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        for group in groups:
+            if len(pending) >= n:
+                done, pending = ray.wait(pending, num_returns=1)
+                rows += ray.get(done[0])
+            pending.append(_tokenize_row_group.remote(group, ref, key, str(folder), threads))
+        for rows_of_group in ray.get(pending):
+            rows += rows_of_group
+    except BaseException:
+        for task in pending:  # nothing may write into the build folder once it is being removed
+            ray.cancel(task, force=True)
+        raise
+    return pa.Table.from_pylist(rows, schema=STATS_SCHEMA)
 
 
 # --- readers -----------------------------------------------------------------------------------------------------

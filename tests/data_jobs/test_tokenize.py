@@ -4,13 +4,18 @@ the worker count."""
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from albert_core.storage import sha256_file
+from albert_core.tokenizer import preprocess_arrow, preprocess_text
 from data_jobs import tokenize
 from data_jobs.corpus import resolve_version
 from data_jobs.tokenize import SCHEMA, documents, part_files, tokenize_corpus, tokenized_id
@@ -114,3 +119,26 @@ def test_cli_reports_the_same_folder(built: dict, home: Path, capsys: pytest.Cap
     assert printed["reused"] and printed["id"] == built["id"]
     assert main(["tokenize", "--corpus", "mixed", "--tokenizer", "missing", "--home", str(home)]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+# --- the encode path: Arrow arrays in, the same ids out --------------------------------------------------------
+
+WHITESPACE = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]  # what str.split() splits on
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet=st.sampled_from([*WHITESPACE, *"  aZ`'\"ΣİÅ中\u200b\ufeff"]), max_size=30)))
+def test_arrow_preprocessing_is_preprocess_text(texts: list[str]) -> None:
+    """Whitespace runs, ``/'' and lower-casing (final sigma, dotted I) as Python's preprocess_text does them."""
+    array = pa.array([*texts, None], pa.string())
+    for lowercase in (False, True):
+        assert preprocess_arrow(array, lowercase) == [preprocess_text(t, lowercase) for t in [*texts, ""]]
+
+
+def test_encode_arrow_is_encode(docs: dict, home: Path) -> None:
+    tok, _ = load_tokenizer(home, "mixed")
+    sentences = [s for d in sorted(docs) for s in docs[d]]
+    sentences += ["", "  ", "\t``quoted''\u3000 text ", "ΟΔΟΣ ΣΑΣ", "İstanbul"]
+    assert tok.encode_arrow(pa.array(sentences)).to_pylist() == tok.encode(sentences)
+    assert tok.encode_arrow(pa.array(sentences[:3]), num_threads=1).type == pa.list_(pa.int32())
+    assert tok.encode_arrow(pa.array([], pa.string())).to_pylist() == []
