@@ -70,7 +70,7 @@ VOCAB_SIZE, MAX_SEQ_LEN = 16000, 128
 # SentencePiece's memory is set by its sample (~20 B per sample byte), not by the corpus: the stage runs with a
 # budget, as a user on a small node would. With the reference's 10 M-sentence sample and no budget it takes ~19 GB
 # for a 1 GB corpus on this machine (most of the corpus is the sample).
-TOKENIZER_MEMORY_GB = 1.5
+TOKENIZER_MEMORY_GB = 1.2
 STAGES = ("ingest", "tokenizer", "tokenize", "shards")
 END_TO_END = ("ingest", "tokenize", "shards")
 SAMPLE_SECONDS = 0.2

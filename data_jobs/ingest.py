@@ -31,10 +31,8 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -42,7 +40,6 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import ray
 
 from albert_core.errors import UserError
 from albert_core.storage import build_folder
@@ -57,7 +54,7 @@ from data_jobs.corpus import (
 )
 from data_jobs.dedup import bucket_digits, find_losers, unit_keys, unit_losers, write_keys
 from data_jobs.layouts import COUNTS, DOC, LAYOUTS, QUARANTINE, Items
-from data_jobs.ray_runtime import ensure_ray
+from data_jobs.ray_runtime import ensure_ray, run_tasks
 from data_jobs.sources import Plan, RangeUnit, Unit, plan_units, resolve_sources
 
 FORMATS = ("text", "jsonl", "parquet", "hf")
@@ -141,7 +138,7 @@ def ingest(
     # The read wave's files live in a build folder of their own (swept like any after a kill).
     with build_folder(root, ".build-") as work:
         memory = READ_MEMORY_FLOOR + READ_MEMORY_PER_BYTE * cfg.range_bytes
-        reads = run_tasks(read_unit, [(u, cfg, str(work)) for u in units], "read", memory=memory)
+        reads = run_tasks(read_unit, [(u, cfg, str(work)) for u in units], "ingest: read", memory=memory)
         tally = Tally(sources=merge_counts(plan, reads))
         with corpus_lock(home, corpus):
             previous = list_versions(home, corpus)
@@ -157,22 +154,6 @@ def ingest(
     summary = summarize(corpus, plan, tally, written, version, parent)
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
-
-
-def run_tasks(
-    fn: Callable[..., Any], calls: Sequence[tuple], what: str, memory: int | None = None
-) -> list[Any]:
-    """`fn(*args)` for every args tuple as Ray tasks (one CPU each); results in call order. Progress on stderr
-    when it is a terminal."""
-    remote = ray.remote(num_cpus=1, memory=memory, max_retries=2)(fn)
-    refs = [remote.remote(*args) for args in calls]
-    pending, done = list(refs), 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
-        done += len(ready)
-        if sys.stderr.isatty():
-            print(f"\ringest: {what} {done}/{len(refs)}", end="" if pending else "\n", file=sys.stderr)
-    return ray.get(refs)
 
 
 def _kind(table: pa.Table, kind: str) -> pa.Table:
@@ -243,7 +224,7 @@ def deduplicate(work: Path, reads: list[dict[str, Any]], parent: CorpusVersion |
     digits = bucket_digits(documents + previous_documents)
     keys = sorted(work.glob("keys-*.parquet"))
     calls = [(b, digits, keys, previous, _part(work, "losers", b)) for b in range(16**digits)]
-    for counts in run_tasks(find_losers, calls, "dedup"):
+    for counts in run_tasks(find_losers, calls, "ingest: dedup"):
         tally.documents_in += counts["documents_in"]
         tally.new_documents += counts["new_documents"]
         tally.duplicates_previous += counts["duplicates_previous"]
@@ -319,7 +300,7 @@ def write_version(folder: Path, work: Path, units: list[Unit], reads: list[dict[
         if read["documents"] or u.index in offsets  # else nothing to write or renumber
     ]
     totals: Counter[str] = Counter()
-    for stats in run_tasks(write_unit, calls, "write"):
+    for stats in run_tasks(write_unit, calls, "ingest: write"):
         totals.update(stats)
     files = sorted(folder.glob("docs-u*.parquet"))
     for number, path in enumerate(files):

@@ -50,7 +50,7 @@ from albert_core.storage import (
 )
 from albert_core.tokenizer import SentencePieceTokenizer, preprocess_text
 from data_jobs.corpus import CorpusVersion, resolve_version
-from data_jobs.ray_runtime import ensure_ray, require_resources
+from data_jobs.ray_runtime import ensure_ray, require_resources, run_tasks
 
 MANIFEST = "manifest.json"
 _U64 = 1 << 64
@@ -136,11 +136,15 @@ def _sentence_keys(seed: int, doc_ids: list[str], parent: np.ndarray, index: np.
     return _mix64(doc_keys[parent] ^ _mix64(index.astype(np.uint64)))
 
 
-def _count_sentences(batch: pa.Table) -> pa.Table:
-    sentences = pc.list_flatten(batch["sentences"])
-    return pa.table(
-        {"sentences": [len(sentences)], "bytes": [int(pc.sum(pc.binary_length(sentences)).as_py() or 0)]}
-    )
+def _count_sentences(path: str) -> tuple[int, int]:
+    """Sentences and their UTF-8 bytes in one docs file (a Ray task)."""
+    sentences = pc.list_flatten(pq.read_table(path, columns=["sentences"]).column("sentences"))
+    return len(sentences), int(pc.sum(pc.binary_length(sentences)).as_py() or 0)
+
+
+def _write_file_candidates(path: str, seed: int, threshold: int, out: str) -> None:
+    """The candidates of one docs file, to `out` (a Ray task)."""
+    pq.write_table(_sample_batch(pq.read_table(path, columns=["id", "sentences"]), seed, threshold), out)
 
 
 def _sample_batch(batch: pa.Table, seed: int, threshold: int) -> pa.Table:
@@ -183,20 +187,18 @@ def _write_candidates(
     if not files:
         raise UserError(f"corpus {source.id} has no document files")
     ensure_ray()
-    docs = ray.data.read_parquet(files, columns=["id", "sentences"])
-    counts = docs.map_batches(_count_sentences, batch_format="pyarrow")
-    total, total_bytes = int(counts.sum("sentences") or 0), int(counts.sum("bytes") or 0)
+    counts = run_tasks(_count_sentences, [(f,) for f in files], "tokenizer: count")
+    total, total_bytes = (sum(c) for c in zip(*counts, strict=True))
     if not total:
         raise UserError(f"corpus {source.id} has no sentences to train a tokenizer on")
     k = cfg.sample_sentences
     if budget is not None:
         per_sentence = estimate_training_memory(total_bytes / total + 1, 1) - SPM_FIXED_BYTES
         k = min(k, int(CANDIDATE_MARGIN * max(0, budget - SPM_FIXED_BYTES) / per_sentence) + 1)
-    docs.map_batches(
-        _sample_batch,
-        fn_kwargs={"seed": cfg.seed, "threshold": _threshold(k, total)},
-        batch_format="pyarrow",
-    ).write_parquet(str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    threshold = _threshold(k, total)
+    calls = [(f, cfg.seed, threshold, str(folder / f"part-{i:06d}.parquet")) for i, f in enumerate(files)]
+    run_tasks(_write_file_candidates, calls, "tokenizer: sample")
     return total
 
 
