@@ -381,7 +381,8 @@ def train_tokenizer(
     source = resolve_version(home, corpus, version)
     with build_folder(target.parent, f".sample-{name}.") as tmp:
         tmp = tmp.resolve()
-        budget = _memory_budget(cfg)
+        ensure_ray()
+        budget = _memory_budget(cfg)  # from the Ray nodes' memory
         total = _write_candidates(source, cfg, tmp / "candidates", budget)
         chosen = _choose(tmp / "candidates", cfg.sample_sentences)
         wanted = min(cfg.sample_sentences, total)
