@@ -250,7 +250,7 @@ def _eval_split(home: Path, cfg: TrainConfig) -> Any:
             break
         tables.append(pq.read_table(path).slice(0, cfg.eval_sequences - rows))
         rows += len(tables[-1])
-    return ray.data.from_arrow(pa.concat_tables(tables))
+    return ray.data.from_arrow(pa.concat_tables(tables)) if tables else dataset  # an empty split has no file
 
 
 def _train_loop(config: dict[str, Any]) -> None:
