@@ -63,6 +63,9 @@ FORMATS = ("text", "jsonl", "parquet", "hf")
 # layout: +109 / +152 / +246 MB over the worker for ranges of 8 / 16 / 32 MB.
 READ_MEMORY_PER_BYTE = 12
 READ_MEMORY_FLOOR = 256 << 20
+# Text per row group of docs-*.parquet: the tokenize job runs a task per row group, so a small corpus still
+# spreads over the cores (and a cluster's nodes).
+DOCS_ROW_GROUP_BYTES = 2 << 20
 PART_COLUMNS = [*DOCS_SCHEMA.names, "ordinal"]  # the read tasks' documents: ordinal completes ranges' ids
 # Every source reports these, zero when no task counted any (e.g. an empty Parquet file has no row group).
 COUNT_KEYS = ("lines_in", "lines_accepted", "lines_quarantined", "separators", "documents", "empty_documents")
@@ -79,9 +82,8 @@ class IngestConfig:
     pre_split: bool = False  # lines are sentences already: do not split them
     encoding: str = "utf-8"  # "utf-8" (strict), "auto" (detect, recorded per source) or a codec name
     max_line_bytes: int = 1_000_000  # longer lines (and JSONL rows) are quarantined
-    range_mb: float = (
-        32.0  # input per task: larger text and JSONL files are cut into ranges of about this size
-    )
+    # input per task: larger text and JSONL files are cut into ranges of about this size
+    range_mb: float = 16.0
 
     @property
     def range_bytes(self) -> int:
@@ -270,16 +272,14 @@ def write_unit(index: int, work: str, folder: str, offsets: Offsets | None) -> d
             ids = pc.binary_join_element_wise(docs.column("source"), pc.cast(ordinal, pa.string()), ":")
             docs = docs.set_column(docs.schema.get_field_index("id"), "id", ids)
         if docs.num_rows:
+            sentences = pc.list_flatten(docs.column("sentences"))
+            text_bytes = pc.sum(pc.binary_length(sentences)).as_py() or 0
+            stats.update(documents=docs.num_rows, sentences=len(sentences), bytes=text_bytes)
             pq.write_table(
                 docs.select(DOCS_SCHEMA.names).cast(DOCS_SCHEMA),
                 Path(folder) / f"docs-u{index:06d}.parquet",
                 compression="zstd",
-            )
-            sentences = pc.list_flatten(docs.column("sentences"))
-            stats.update(
-                documents=docs.num_rows,
-                sentences=len(sentences),
-                bytes=pc.sum(pc.binary_length(sentences)).as_py() or 0,
+                row_group_size=max(1, docs.num_rows * DOCS_ROW_GROUP_BYTES // max(1, text_bytes)),
             )
     quarantine_path = _part(work, "quarantine", index)
     if offsets.lines and quarantine_path.exists():

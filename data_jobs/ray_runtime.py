@@ -122,7 +122,9 @@ def run_tasks(
 ) -> list[Any]:
     """`fn(*args)` for every args tuple, as Ray tasks of one CPU (and `memory` bytes) each; results in call order.
     Each task gives its freed memory back when it ends. Progress on stderr when it is a terminal."""
-    remote = ray.remote(num_cpus=1, memory=memory, max_retries=2)(_releasing).options(name=fn.__name__)
+    # SPREAD: over the cluster's nodes, as Ray Data spreads its tasks (the default packs them onto the driver's node)
+    remote = ray.remote(num_cpus=1, memory=memory, max_retries=2, scheduling_strategy="SPREAD")(_releasing)
+    remote = remote.options(name=fn.__name__)
     refs = [remote.remote(fn, *args) for args in calls]
     pending, done = list(refs), 0
     while pending:

@@ -145,7 +145,7 @@ def _tokenizer(ref: ray.ObjectRef, key: tuple[str, bool]) -> SentencePieceTokeni
     return _TOKENIZERS[key]
 
 
-@ray.remote(num_cpus=1)
+@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")  # over the nodes, as Ray Data spreads its tasks
 def _tokenize_row_group(
     units: list[Unit], tokenizer: list[ray.ObjectRef], key: tuple[str, bool], folder: str, threads: int
 ) -> list[dict[str, Any]]:

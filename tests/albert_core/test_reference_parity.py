@@ -43,18 +43,26 @@ class Built:
         self.ids, documents, self.vocab_words, self.vocab = port_inputs(self.tok, self.encoded)
         self.special = special_ids(self.tok)
         self.ours = list(build_instances(self.encoded, CFG, self.special, self.tok.word_start_mask()))
-        self.port = create_training_instances(
-            documents,
+        self.documents = documents
+        self.port = self._port(CFG.seed)
+        self.stats = {"ours": [ours_stats(i, self.special.mask) for i in self.ours]}
+        self.stats["port"] = [port_stats(i) for i in self.port]
+
+    def _port(self, seed: int) -> list:
+        return create_training_instances(
+            self.documents,
             self.vocab_words,
             CFG.max_seq_len,
             CFG.dupe_factor,
             CFG.short_seq_prob,
             CFG.masked_lm_prob,
             CFG.max_predictions,
-            seed=CFG.seed,
+            seed=seed,
         )
-        self.stats = {"ours": [ours_stats(i, self.special.mask) for i in self.ours]}
-        self.stats["port"] = [port_stats(i) for i in self.port]
+
+    def port_reseeded(self) -> list:
+        """The reference's instances with another seed: how much it varies with its own randomness."""
+        return self._port(CFG.seed + 1)
 
 
 def ours_stats(inst: Instance, mask_id: int) -> dict:
@@ -177,7 +185,12 @@ def test_instances_per_document_pass(built: Built) -> None:
     }
     a = np.array([per_doc["ours"][d] for d in built.ids])
     b = np.array([per_doc["port"][d] for d in built.ids])
-    assert np.corrcoef(a, b)[0, 1] > 0.95  # the same documents give many instances in both
+    # The same documents give many instances in both. The reference draws from one RNG stream (a short target once
+    # per document pass, at random), so its own per-document counts change with the seed: ours must agree with it
+    # as well as it agrees with itself (measured: 0.944 against 0.920 for seeds 0 and 1).
+    again = Counter(built.ids[i.document_index] for i in built.port_reseeded())
+    c = np.array([again[d] for d in built.ids])
+    assert np.corrcoef(a, b)[0, 1] >= np.corrcoef(b, c)[0, 1] - 0.02 and np.corrcoef(a, b)[0, 1] > 0.85
 
 
 def test_sequence_lengths(built: Built) -> None:
