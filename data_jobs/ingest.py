@@ -63,9 +63,6 @@ FORMATS = ("text", "jsonl", "parquet", "hf")
 # layout: +109 / +152 / +246 MB over the worker for ranges of 8 / 16 / 32 MB.
 READ_MEMORY_PER_BYTE = 12
 READ_MEMORY_FLOOR = 256 << 20
-# Text per row group of docs-*.parquet: the tokenize job runs a task per row group, so a small corpus still
-# spreads over the cores (and a cluster's nodes).
-DOCS_ROW_GROUP_BYTES = 2 << 20
 PART_COLUMNS = [*DOCS_SCHEMA.names, "ordinal"]  # the read tasks' documents: ordinal completes ranges' ids
 # Every source reports these, zero when no task counted any (e.g. an empty Parquet file has no row group).
 COUNT_KEYS = ("lines_in", "lines_accepted", "lines_quarantined", "separators", "documents", "empty_documents")
@@ -279,7 +276,6 @@ def write_unit(index: int, work: str, folder: str, offsets: Offsets | None) -> d
                 docs.select(DOCS_SCHEMA.names).cast(DOCS_SCHEMA),
                 Path(folder) / f"docs-u{index:06d}.parquet",
                 compression="zstd",
-                row_group_size=max(1, docs.num_rows * DOCS_ROW_GROUP_BYTES // max(1, text_bytes)),
             )
     quarantine_path = _part(work, "quarantine", index)
     if offsets.lines and quarantine_path.exists():

@@ -159,7 +159,9 @@ def pipeline(stack: Stack, stack_env: dict[str, str], corpora: Path) -> dict[str
         }))  # fmt: skip
 
     ingest = run_deployment("albert-ingest/scheduled", timeout=600, poll_interval=3,
-                            parameters={"tokenizer_options": TOKENIZER, "shards_options": SHARDS})  # fmt: skip
+                            parameters={"tokenizer_options": TOKENIZER, "shards_options": SHARDS,
+                                        # units of 0.5 MB: several docs files, so tokenize has tasks to spread
+                                        "ingest_options": {"range_mb": 0.5}})  # fmt: skip
     assert ingest.state is not None and ingest.state.type.value == "COMPLETED", (
         f"ingest flow run {ingest.id} ended {ingest.state}\n{_logs(stack, 'prefect-worker')}"
     )
