@@ -254,16 +254,19 @@ def range_offsets(units: list[Unit], reads: list[dict[str, Any]]) -> dict[int, O
     return offsets
 
 
-def write_unit(index: int, work: str, folder: str, offsets: Offsets | None) -> dict[str, int]:
-    """Write task: the unit's kept documents into `folder` (`docs-u<index>.parquet`, not when there are none),
-    its quarantined items' line numbers completed in place. Returns what it wrote."""
+def write_unit(
+    index: int, work: str, folder: str, losers: list[Path], offsets: Offsets | None
+) -> dict[str, int]:
+    """Write task: the unit's kept documents (all but its keys in the dedup wave's `losers` files) into `folder`
+    (`docs-u<index>.parquet`, not when there are none), its quarantined items' line numbers completed in place.
+    Returns what it wrote."""
     stats = Counter(documents=0, sentences=0, bytes=0)
     offsets = offsets or Offsets()
     docs_path = _part(work, "docs", index)
     if docs_path.exists():
         docs = pq.read_table(docs_path)
-        losers = unit_losers(index, sorted(Path(work).glob("losers-*.parquet")))
-        docs = docs.filter(pc.invert(pc.is_in(unit_keys(index, docs.num_rows), value_set=losers)))
+        lost = unit_losers(index, losers)
+        docs = docs.filter(pc.invert(pc.is_in(unit_keys(index, docs.num_rows), value_set=lost)))
         if offsets.ordinals:
             ordinal = pc.add(docs.column("ordinal"), offsets.ordinals)
             ids = pc.binary_join_element_wise(docs.column("source"), pc.cast(ordinal, pa.string()), ":")
@@ -290,8 +293,9 @@ def write_version(folder: Path, work: Path, units: list[Unit], reads: list[dict[
     """Write wave: kept documents into docs-00000.parquet, … (in unit order), every quarantined item into
     quarantine.parquet."""
     offsets = range_offsets(units, reads)
+    losers = sorted(work.glob("losers-*.parquet"))  # listed once, not by every task
     calls = [
-        (u.index, str(work), str(folder), offsets.get(u.index))
+        (u.index, str(work), str(folder), losers, offsets.get(u.index))
         for u, read in zip(units, reads, strict=True)
         if read["documents"] or u.index in offsets  # else nothing to write or renumber
     ]

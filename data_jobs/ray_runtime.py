@@ -121,18 +121,24 @@ def run_tasks(
     fn: Callable[..., Any], calls: Sequence[tuple], what: str, memory: int | None = None
 ) -> list[Any]:
     """`fn(*args)` for every args tuple, as Ray tasks of one CPU (and `memory` bytes) each; results in call order.
-    Each task gives its freed memory back when it ends. Progress on stderr when it is a terminal."""
+    Each task gives its freed memory back when it ends. Progress on stderr when it is a terminal. Interrupted,
+    it cancels what is still running: callers remove the folders their tasks write into."""
     # SPREAD: over the cluster's nodes, as Ray Data spreads its tasks (the default packs them onto the driver's node)
     remote = ray.remote(num_cpus=1, memory=memory, max_retries=2, scheduling_strategy="SPREAD")(_releasing)
     remote = remote.options(name=fn.__name__)
     refs = [remote.remote(fn, *args) for args in calls]
     pending, done = list(refs), 0
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
-        done += len(ready)
-        if sys.stderr.isatty():
-            print(f"\r{what} {done}/{len(refs)}", end="" if pending else "\n", file=sys.stderr)
-    return ray.get(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=2.0)
+            done += len(ready)
+            if sys.stderr.isatty():
+                print(f"\r{what} {done}/{len(refs)}", end="" if pending else "\n", file=sys.stderr)
+    except BaseException:
+        for task in pending:
+            ray.cancel(task, force=True)
+        raise
+    return ray.get(refs)  # every task has ended: a failure raises here
 
 
 def _releasing(fn: Callable[..., Any], *args: Any) -> Any:

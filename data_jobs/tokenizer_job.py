@@ -48,7 +48,7 @@ from albert_core.storage import (
     validate_name,
     write_json,
 )
-from albert_core.tokenizer import SentencePieceTokenizer, preprocess_text
+from albert_core.tokenizer import SentencePieceTokenizer, preprocess_arrow
 from data_jobs.corpus import CorpusVersion, resolve_version
 from data_jobs.ray_runtime import ensure_ray, require_resources, run_tasks
 
@@ -263,7 +263,7 @@ def _write_sample(folder: Path, chosen: pa.Table, lowercase: bool, path: Path) -
     lines = 0
     with path.open("wb") as out:
         for part in _sentences_in_order(folder, chosen):
-            texts = [t for t in (preprocess_text(s, lowercase) for s in part.to_pylist()) if t]
+            texts = [t for t in preprocess_arrow(part, lowercase) if t]
             if texts:
                 out.write(("\n".join(texts) + "\n").encode("utf-8"))
             lines += len(texts)
