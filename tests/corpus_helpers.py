@@ -54,3 +54,31 @@ def publish(home: Path, name: str, docs: dict[str, list[str]], files: int = 4) -
         return {"documents": len(ids)}
 
     publish_version(home, name, build)
+
+
+def drifting_documents(documents: int, *, seed: int = 0, groups: int = 24, group_words: int = 8,
+                       shared_words: int = 48, sentences: tuple[int, int] = (4, 6)) -> dict[str, list[str]]:  # fmt: skip
+    """Documents whose only sentence-order signal is content drifting through them: sentence k of a document
+    draws half its words from a shared pool and half from topic group b + k (b random per document), so groups
+    rise with position. Every sentence has the same length at every position, so segment length says nothing."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    letters = "bdfgklmnprstvz"
+
+    def word() -> str:
+        return "".join(rng.choice(list(letters)) + rng.choice(list("aeiou")) for _ in range(2))
+
+    vocab = list(dict.fromkeys(word() for _ in range(4 * (shared_words + groups * group_words))))
+    shared, topical = vocab[:shared_words], vocab[shared_words:]
+    topics = [topical[g * group_words : (g + 1) * group_words] for g in range(groups)]
+    docs = {}
+    for d in range(documents):
+        n = int(rng.integers(sentences[0], sentences[1] + 1))
+        base = int(rng.integers(0, groups - n + 1))
+        body = []
+        for k in range(n):
+            words = list(rng.choice(shared, 3)) + list(rng.choice(topics[base + k], 3))
+            body.append(" ".join(rng.permutation(words)).capitalize() + ".")
+        docs[f"drift:{d:05d}"] = body
+    return docs

@@ -73,17 +73,36 @@ def to_model_inputs(batch: dict[str, np.ndarray], spec: BatchSpec, epoch: int = 
 
 
 # Sums each rank contributes per step or per evaluation; all-reduced so figures cover every rank's data.
-STATS = ("loss_sum", "mlm_loss_sum", "sop_loss_sum", "mlm_hits", "mlm_total", "sop_hits", "sequences")
+# The length rule ("swapped when segment A is longer than B") is the SOP baseline a model must beat: the
+# reference's chunking makes B longer than A in original order, so length alone predicts part of the label.
+# Balanced pairs (|len A - len B| <= BALANCED_TOKENS) are where length says nothing.
+STATS = ("loss_sum", "mlm_loss_sum", "sop_loss_sum", "mlm_hits", "mlm_total", "sop_hits", "sequences",
+         "sop_length_rule_hits", "sop_balanced_hits", "sop_balanced")  # fmt: skip
+BALANCED_TOKENS = 2
+
+
+def segment_lengths(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens of segment A and B per row, without [CLS] and the [SEP]s: ([CLS] A [SEP] B [SEP] [PAD]...)."""
+    real = batch["attention_mask"].bool()
+    second = batch["token_type_ids"].bool() & real
+    return (real & ~second).sum(-1) - 2, second.sum(-1) - 1
 
 
 def batch_stats(out: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """This batch's contribution to `STATS`: one float64 tensor on the batch's device, so summing steps costs
+    no host sync (figures are read once, at log steps)."""
     valid = batch["labels"] != -100
     n = len(batch["input_ids"])
-    return torch.tensor([
-        out.loss.item() * n, out.mlm_loss.item() * n, out.sop_loss.item() * n,
-        (out.prediction_logits.argmax(-1) == batch["labels"])[valid].sum().item(), valid.sum().item(),
-        (out.sop_logits.argmax(-1) == batch["sentence_order_label"]).sum().item(), n,
-    ], dtype=torch.float64)  # fmt: skip
+    sop_label = batch["sentence_order_label"]
+    sop_right = out.sop_logits.detach().argmax(-1) == sop_label
+    len_a, len_b = segment_lengths(batch)
+    balanced = (len_a - len_b).abs() <= BALANCED_TOKENS
+    return torch.stack([
+        out.loss.detach() * n, out.mlm_loss.detach() * n, out.sop_loss.detach() * n,
+        (out.prediction_logits.detach().argmax(-1) == batch["labels"])[valid].sum(), valid.sum(),
+        sop_right.sum(), torch.tensor(n, device=sop_label.device), ((len_a > len_b).long() == sop_label).sum(),
+        (sop_right & balanced).sum(), balanced.sum(),
+    ]).to(torch.float64)  # fmt: skip
 
 
 def summarize(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
@@ -95,6 +114,9 @@ def summarize(stats: torch.Tensor, prefix: str = "") -> dict[str, float]:
         f"{prefix}{m.SOP_LOSS}": s["sop_loss_sum"] / n,
         f"{prefix}{m.MLM_ACC}": s["mlm_hits"] / max(s["mlm_total"], 1.0),
         f"{prefix}{m.SOP_ACC}": s["sop_hits"] / n,
+        f"{prefix}{m.SOP_LENGTH_BASELINE}": s["sop_length_rule_hits"] / n,
+        f"{prefix}{m.SOP_BALANCED_ACC}": s["sop_balanced_hits"] / max(s["sop_balanced"], 1.0),
+        f"{prefix}{m.SOP_BALANCED_SHARE}": s["sop_balanced"] / n,
     }
 
 

@@ -21,25 +21,19 @@ import torch
 import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from albert_core import AlbertConfig, AlbertForPreTraining
-from albert_core.optim import build_optimizer, lr_scheduler
+from albert_core import AlbertConfig
 from albert_core.system import available_cores
 from training import tracking as m
-from training.batches import STATS, BatchSpec, batch_stats, summarize, to_model_inputs
+from training.batches import STATS, BatchSpec, summarize, to_model_inputs
 from training.checkpointing import TrainState, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
+from training.step import build, eval_sums, optimizer_step
 
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t
-
-
-def autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
 
 
 class ModelInputs(NumpyBatchCollateFn):
@@ -79,19 +73,12 @@ def micro_batches(
         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
 
 
-@torch.no_grad()
 def evaluate(
     model: torch.nn.Module, shard: Any, spec: BatchSpec, cfg: TrainConfig, device: torch.device
 ) -> dict:
-    """MLM loss and accuracy, SOP accuracy over this rank's whole eval split, summed over ranks."""
-    model.eval()
-    stats = torch.zeros(len(STATS), dtype=torch.float64)
-    for batch in shard.iter_torch_batches(batch_size=cfg.per_worker_batch, collate_fn=ModelInputs(spec, 0)):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast(cfg, device):
-            stats += batch_stats(model(**batch), batch)
-    model.train()
-    return summarize(all_reduce(stats), prefix="eval_")
+    """Held-out figures over this rank's whole eval split, summed over ranks."""
+    batches = shard.iter_torch_batches(batch_size=cfg.per_worker_batch, collate_fn=ModelInputs(spec, 0))
+    return summarize(all_reduce(eval_sums(model, batches, cfg.precision, device)).cpu(), prefix="eval_")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -102,10 +89,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # This node's cores split between its workers: more threads than cores is 10x slower (DESIGN pitfalls).
     torch.set_num_threads(max(1, available_cores() // ctx.get_local_world_size()))
 
-    torch.manual_seed(cfg.seed)  # the same init on every rank (DDP broadcasts rank 0's weights anyway)
-    model = AlbertForPreTraining(AlbertConfig.from_dict(config["model"]))
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
-    scheduler = lr_scheduler(optimizer, cfg.warmup, cfg.max_steps)
+    # the same init on every rank (DDP broadcasts rank 0's weights anyway)
+    model, optimizer, scheduler = build(cfg, AlbertConfig.from_dict(config["model"]))
     state = TrainState()
     # (2) restarted after a failure: continue from the last checkpoint
     checkpoint = ray.train.get_checkpoint()
@@ -132,36 +117,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                   spill_path=Path(config["metrics_spill_path"]), resume_step=state.step)  # fmt: skip
     data = micro_batches(train_shard, spec, cfg, state, rank)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    no_sync = getattr(ddp_model, "no_sync", contextlib.nullcontext)  # one worker: no DDP wrapper
     while state.step < cfg.max_steps:
         step_start = time.perf_counter()
-        step_stats = torch.zeros(len(STATS), dtype=torch.float64)
-        tokens = 0
-        for micro in range(cfg.grad_accum):
-            batch = {k: v.to(device) for k, v in next(data).items()}
-            # DDP all-reduces gradients on the last micro-batch only
-            sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else ddp_model.no_sync()
-            with sync, autocast(cfg, device):
-                out = ddp_model(**batch)
-                scaler.scale(out.loss / cfg.grad_accum).backward()
-            step_stats += batch_stats(out, batch)
-            tokens += int(batch["attention_mask"].sum())
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(ddp_model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        lr = scheduler.get_last_lr()[0]
-        scheduler.step()
+        result = optimizer_step(ddp_model, optimizer, scheduler, scaler, data, cfg, device, no_sync)
         state.step += 1
-
-        totals = all_reduce(torch.cat([step_stats, torch.tensor([tokens], dtype=torch.float64)]))
+        totals = all_reduce(
+            torch.cat([result.stats, result.tokens.view(1)])
+        ).cpu()  # the step's one host sync
         state.tokens_seen += int(totals[-1])
         elapsed = time.perf_counter() - step_start
         state.train_seconds += elapsed
         metrics = {
             **summarize(totals[:-1]),
-            m.LR: lr,
-            m.GRAD_NORM: float(grad_norm),
+            m.LR: result.lr,
+            m.GRAD_NORM: float(result.grad_norm),
             m.TOKENS_PER_S: float(totals[-1]) / elapsed,
             m.SAMPLES_PER_S: float(totals[STATS.index("sequences")]) / elapsed,
         }

@@ -63,7 +63,7 @@ from albert_core.errors import UserError
 from albert_core.storage import exclusive_lock, sha256_file, validate_name
 from albert_core.tokenizer import SentencePieceTokenizer
 from data_jobs.shards import ShardsConfig, load_manifest, row_schema, shards_dir
-from training.batches import STATS, batch_spec, batch_stats, summarize, to_model_inputs
+from training.batches import STATS, batch_spec, summarize, to_model_inputs
 from training.registry import (
     CANDIDATE,
     configure_mlflow,
@@ -71,6 +71,7 @@ from training.registry import (
     get_or_create_experiment,
     retry_transient,
 )
+from training.step import eval_sums
 
 CHAMPION = "champion"
 EXPERIMENT = "albert-promotions"
@@ -131,12 +132,10 @@ def _evaluate(
             f"{label} has {model.config.max_position_embeddings} positions, shards {shards_id} hold {max_seq_len}"
         )
     spec = batch_spec(manifest, tokenizer, EVAL_SEED)
-    stats = torch.zeros(len(STATS), dtype=torch.float64)
-    model.eval()
-    with torch.no_grad():
-        for rows in _eval_rows(home, shards_id, manifest, max_sequences):
-            batch = to_model_inputs(rows, spec, epoch=0)
-            stats += batch_stats(model(**batch), batch)
+    batches = (
+        to_model_inputs(rows, spec, epoch=0) for rows in _eval_rows(home, shards_id, manifest, max_sequences)
+    )
+    stats = eval_sums(model, batches, "fp32", torch.device("cpu"))
     sequences = int(stats[STATS.index("sequences")])
     if sequences == 0:
         raise UserError(f"shards {shards_id} have no eval rows: rebuild them with --eval-share above 0")

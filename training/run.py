@@ -25,16 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from albert_core import AlbertConfig
 from albert_core.checkpoint import load_model, save_model
 from albert_core.errors import UserError
 from albert_core.storage import read_json, validate_name, write_json
 from data_jobs.ray_runtime import ensure_ray, require_resources
-from data_jobs.shards import load_manifest, read_shards, split_files
+from data_jobs.shards import load_manifest, read_shards
 from data_jobs.tokenizer_job import load_tokenizer
 from training.batches import batch_spec
 from training.config import TrainConfig
+from training.local import eval_table
 from training.registry import configure_mlflow, get_or_create_experiment, log_and_register, tracking_uri
+from training.step import model_config
 from training.tracking import is_unavailable, replay_spilled
 
 EXPERIMENT = "albert-pretraining"
@@ -94,11 +95,7 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
         )
     params = manifest["parameters"]
     max_seq_len = params["max_seq_len"]
-    model_cfg = AlbertConfig.from_preset(
-        cfg.preset,
-        **{"vocab_size": tokenizer.vocab_size, "max_position_embeddings": max(512, max_seq_len)}
-        | cfg.model_overrides,
-    )
+    model_cfg = model_config(cfg, tokenizer.vocab_size, max_seq_len)
     spec = batch_spec(manifest, tokenizer, cfg.seed)
 
     configure_mlflow(home)
@@ -240,17 +237,10 @@ def _eval_split(home: Path, cfg: TrainConfig) -> Any:
     dataset = read_shards(home, cfg.shards, "eval")  # checks every file against the manifest
     if cfg.eval_sequences is None:
         return dataset
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import ray.data
 
-    tables, rows = [], 0
-    for path in split_files(home, cfg.shards, "eval"):
-        if rows >= cfg.eval_sequences:
-            break
-        tables.append(pq.read_table(path).slice(0, cfg.eval_sequences - rows))
-        rows += len(tables[-1])
-    return ray.data.from_arrow(pa.concat_tables(tables)) if tables else dataset  # an empty split has no file
+    table = eval_table(home, cfg.shards, cfg.eval_sequences)
+    return dataset if table is None else ray.data.from_arrow(table)  # an empty split has no file
 
 
 def _train_loop(config: dict[str, Any]) -> None:

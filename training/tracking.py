@@ -29,7 +29,18 @@ LOSS, MLM_LOSS, SOP_LOSS = "loss", "mlm_loss", "sop_loss"
 MLM_ACC, SOP_ACC = "mlm_acc", "sop_acc"
 LR, GRAD_NORM = "lr", "grad_norm"
 TOKENS_PER_S, SAMPLES_PER_S = "tokens_per_s", "samples_per_s"
-EVAL_LOSS, EVAL_MLM_ACC, EVAL_SOP_ACC = "eval_loss", "eval_mlm_acc", "eval_sop_acc"
+SOP_LENGTH_BASELINE, SOP_BALANCED_ACC, SOP_BALANCED_SHARE = (
+    "sop_length_baseline",
+    "sop_balanced_acc",
+    "sop_balanced_share",
+)
+EVAL_LOSS, EVAL_MLM_LOSS, EVAL_MLM_ACC, EVAL_SOP_ACC = (
+    "eval_loss",
+    "eval_mlm_loss",
+    "eval_mlm_acc",
+    "eval_sop_acc",
+)
+EVAL_SOP_LENGTH_BASELINE, EVAL_SOP_BALANCED_ACC = "eval_sop_length_baseline", "eval_sop_balanced_acc"
 
 BATCH_LIMIT = 1000  # MLflow's log_batch limit on metrics per request
 # MLflow's REST client retries a refused connection for minutes by default; a training worker fails fast and

@@ -1,0 +1,95 @@
+"""One optimizer step and one evaluation pass, in plain PyTorch: no Ray, no MLflow.
+
+The Ray Train worker loop (`training.loop`), the single-process runner (`training.local`) and promotion's
+evaluation share these, so every figure they log is summed the same way (`training.batches.STATS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from albert_core import AlbertConfig, AlbertForPreTraining
+from albert_core.optim import build_optimizer, lr_scheduler
+from training.batches import STATS, batch_stats
+from training.config import TrainConfig
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def model_config(cfg: TrainConfig, vocab_size: int, max_seq_len: int) -> AlbertConfig:
+    """The preset, sized to the tokenizer and the shards, with the run's overrides on top."""
+    sized = {"vocab_size": vocab_size, "max_position_embeddings": max(512, max_seq_len)}
+    return AlbertConfig.from_preset(cfg.preset, **sized | cfg.model_overrides)
+
+
+def build(
+    cfg: TrainConfig, model_cfg: AlbertConfig
+) -> tuple[AlbertForPreTraining, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The model (seeded: every rank builds the same one), its optimizer and the LR schedule."""
+    torch.manual_seed(cfg.seed)
+    model = AlbertForPreTraining(model_cfg)
+    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay)
+    return model, optimizer, lr_scheduler(optimizer, cfg.warmup, cfg.max_steps)
+
+
+@dataclass
+class StepResult:
+    stats: torch.Tensor  # this rank's STATS sums over the step's micro-batches, on its device
+    tokens: torch.Tensor  # real (unpadded) tokens this rank fed, on its device
+    grad_norm: torch.Tensor
+    lr: float  # the rate this step used
+
+
+def optimizer_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    data: Iterator[dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+    device: torch.device,
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> StepResult:
+    """Forward and backward over `grad_accum` micro-batches, clip, step. `no_sync` is DDP's: gradients are
+    all-reduced on the last micro-batch only."""
+    stats = torch.zeros(len(STATS), dtype=torch.float64, device=device)
+    tokens = torch.zeros((), dtype=torch.float64, device=device)
+    for micro in range(cfg.grad_accum):
+        batch = {k: v.to(device) for k, v in next(data).items()}
+        sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else no_sync()
+        with sync, autocast(cfg.precision, device):
+            out = model(**batch)
+            scaler.scale(out.loss / cfg.grad_accum).backward()
+        stats += batch_stats(out, batch)
+        tokens += batch["attention_mask"].sum()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    return StepResult(stats, tokens, grad_norm.detach(), lr)
+
+
+@torch.no_grad()
+def eval_sums(
+    model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], precision: str, device: torch.device
+) -> torch.Tensor:
+    """STATS sums over `batches` (this rank's share of the held-out rows); the model is left in train mode."""
+    model.eval()
+    stats = torch.zeros(len(STATS), dtype=torch.float64, device=device)
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast(precision, device):
+            stats += batch_stats(model(**batch), batch)
+    model.train()
+    return stats
