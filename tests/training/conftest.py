@@ -49,6 +49,32 @@ def wiki_shards(corpora: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     mp.undo()
 
 
+PRETRAIN_STEPS = 800
+
+
+@pytest.fixture(scope="session")
+def pretrained_en(corpora: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+    """(home, summary, shard id): a `tiny` model pretrained by the real trainer (2 Ray Train workers) on English
+    WikiText and Gutenberg books, registered in the embedded MLflow; shared by the learning and transfer tests."""
+    from data_jobs.ingest import ingest
+    from data_jobs.shards import ShardsConfig, build_shards
+    from data_jobs.tokenizer_job import TokenizerJobConfig, train_tokenizer
+    from training.config import TrainConfig
+    from training.run import train
+
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ingest([str(corpora / "wikitext2-valid.raw.txt"), str(corpora / "gutenberg")], "en", home=home)
+    train_tokenizer("en", home=home, cfg=TokenizerJobConfig(vocab_size=3000))
+    shards = build_shards("en", "en", home=home, cfg=ShardsConfig(
+        max_seq_len=64, dupe_factor=2, eval_share=0.25, single_sentence_negatives=False))["id"]  # fmt: skip
+    cfg = TrainConfig(shards=shards, preset="tiny", workers=2, batch_size=32, max_steps=PRETRAIN_STEPS,
+                      eval_every=PRETRAIN_STEPS // 4, checkpoint_every=PRETRAIN_STEPS, model_name="albert-tiny-learning")  # fmt: skip
+    yield home, train(cfg, home=home, progress=lambda _: None), shards
+    mp.undo()
+
+
 class MlflowServer:
     """A real `mlflow server` (SQLite, local artifacts) on a fixed loopback port that can be killed and started
     again on the same port, with the same store: an outage, as a client sees one."""

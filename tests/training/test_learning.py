@@ -13,34 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from data_jobs.ingest import ingest
-from data_jobs.shards import ShardsConfig, build_shards, load_manifest, split_files
-from data_jobs.tokenizer_job import TokenizerJobConfig, train_tokenizer
+from data_jobs.shards import load_manifest, split_files
 from training import tracking as m
-from training.config import TrainConfig
-from training.run import train
 
 pytestmark = pytest.mark.slow
-STEPS = 800
 
 
-@pytest.fixture(scope="module")
-def run(corpora: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
-    home = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    ingest([str(corpora / "wikitext2-valid.raw.txt"), str(corpora / "gutenberg")], "en", home=home)
-    train_tokenizer("en", home=home, cfg=TokenizerJobConfig(vocab_size=3000))
-    shards = build_shards("en", "en", home=home, cfg=ShardsConfig(
-        max_seq_len=64, dupe_factor=2, eval_share=0.25, single_sentence_negatives=False))["id"]  # fmt: skip
-    cfg = TrainConfig(shards=shards, preset="tiny", workers=2, batch_size=32, max_steps=STEPS,
-                      eval_every=STEPS // 4, checkpoint_every=STEPS, model_name="albert-tiny-learning")  # fmt: skip
-    yield home, train(cfg, home=home, progress=lambda _: None), shards
-    mp.undo()
-
-
-def test_tiny_learns_sentence_order_on_held_out_text(run: tuple[Path, dict, str]) -> None:
-    home, summary, shards = run
+def test_tiny_learns_sentence_order_on_held_out_text(pretrained_en: tuple[Path, dict, str]) -> None:
+    home, summary, shards = pretrained_en
     eval_stats = load_manifest(home, shards)["statistics"]["eval"]
     assert eval_stats["instances"] >= 1000, (
         eval_stats
