@@ -199,6 +199,52 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     return train(cfg, home=home, resume=args.resume, progress=progress)
 
 
+def _grid(text: str | None, convert: Callable[[str], Any], flag: str) -> tuple | None:
+    """A comma-separated flag value as a tuple of grid values (None when the flag is not given)."""
+    if text is None:
+        return None
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(convert(part.strip()))
+        except ValueError:
+            raise UserError(f"{flag}: {part.strip()!r} is not a valid value") from None
+    return tuple(values)
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    from albert_core.storage import albert_home
+    from training.sweep import SweepConfig, sweep, table
+
+    home = albert_home(args.home)
+    grid = {
+        "lr": _grid(args.lr, float, "--lr"),
+        "optimizer": _grid(args.optimizer, str, "--optimizer"),
+        "warmup_steps": _grid(args.warmup_steps, _warmup, "--warmup-steps"),
+        "batch_size": _grid(args.batch_size, int, "--batch-size"),
+    }
+    if args.model_overrides is not None:
+        try:
+            overrides = json.loads(args.model_overrides)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--model-overrides is not valid JSON: {e}") from None
+        grid["model_overrides"] = overrides if isinstance(overrides, list) else [overrides]
+    flags = ("preset", "max_steps", "eval_every", "eval_sequences", "seed", "metric", "max_concurrent", "name")  # fmt: skip
+    given = {**grid, **{k: getattr(args, k) for k in flags}}
+    cfg = SweepConfig(shards=args.shards, **{k: v for k, v in given.items() if v is not None})
+    result = sweep(cfg, home=home, progress=progress)
+    if args.json:
+        return result
+    print(table(result))  # the ranked table; `_human` prints the lines below it
+    best = result["best"]
+    return {"best": f"{best['trial']} (MLflow run {best['run_id']})" if best else "none: every trial failed",
+            "results": result["results_path"], "mlflow_parent_run": result["parent_run_id"]}  # fmt: skip
+
+
+def _warmup(value: str) -> int | None:
+    return None if value == "default" else int(value)
+
+
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -421,6 +467,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p.add_argument("--config-json", help="a whole training config as JSON (flags given beside it win)")
+
+    p = command(sub, "sweep", cmd_sweep,
+                "grid-search pretraining recipes with Ray Tune (one MLflow run per trial), ranked on held-out figures")  # fmt: skip
+    p.add_argument("--shards", required=True, help="shard id from `albert shards build`")
+    p.add_argument("--preset", help="model preset (default tiny)")
+    p.add_argument("--lr", help="learning rates, comma-separated (default 1e-3,3e-3,1e-2)")
+    p.add_argument("--optimizer", help="optimizers, comma-separated: lamb, adamw (default both)")
+    p.add_argument("--warmup-steps", help="warmup steps, comma-separated; 'default' is 10%% of --max-steps")
+    p.add_argument("--batch-size", help="batch sizes in sequences, comma-separated (default 32)")
+    p.add_argument("--model-overrides", metavar="JSON",
+                   help='AlbertConfig fields, a JSON object or a list of them (one grid value each), e.g. '
+                        '\'[{"num_hidden_layers": 2}, {"num_hidden_layers": 4}]\'')  # fmt: skip
+    p.add_argument("--max-steps", type=int, help="steps per trial (default 200)")
+    p.add_argument("--eval-every", type=int, help="steps between held-out evaluations (default 50)")
+    p.add_argument("--eval-sequences", type=int, help="held-out sequences per evaluation (default: all)")
+    p.add_argument("--seed", type=int, help="one seed for every trial (default 0)")
+    p.add_argument("--metric", help="what ranks the trials (default objective: eval_mlm_acc + eval_sop_acc - "
+                                    "eval_sop_length_baseline)")  # fmt: skip
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: one per core)")
+    p.add_argument("--name", help="sweeps/NAME and the MLflow parent run's name (default <preset>-<time>)")
+    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         dest="models_command", required=True
