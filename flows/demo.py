@@ -10,11 +10,14 @@ candidate and the gate decides.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from training import tracking as m
 
 MODEL_NAME = "albert-demo"
 MASKED = "Return a new [MASK] containing all items from the iterable."
@@ -70,6 +73,7 @@ def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> 
         "model_uri": trained["model_uri"],
         "final_step": trained["final_step"],
         "metrics": trained["metrics"],
+        "learned": learned(trained["metrics"]),
         "promotion": decision["decision"],
         "promotion_reason": decision["reason"],
         "champion_uri": champion,
@@ -87,6 +91,7 @@ def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> 
         f"\ncorpus {result['ingest']['corpus']}: {summary['ingest_message']}; shards {summary['shards']}\n"
         f"trained {summary['run_name']} to step {summary['final_step']}: "
         + ", ".join(f"{k} {v:.3f}" for k, v in sorted(summary["metrics"].items()) if k.startswith("eval_"))
+        + f"\n{summary['learned']}"
         + f"\nregistered {summary['model_uri']}; promotion: {summary['promotion']} ({summary['promotion_reason']})"
         f"\nchampion: {champion} (version {summary['champion_version']})"
         f"\nfill-mask  {MASKED!r}: {top}"
@@ -96,6 +101,17 @@ def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> 
         + ")"
     )
     return summary
+
+
+def learned(metrics: dict[str, float]) -> str:
+    """What the held-out figures say, in words: sentence order against the length rule, and words."""
+    sop, rule = metrics.get(m.EVAL_SOP_ACC, math.nan), metrics.get(m.EVAL_SOP_LENGTH_BASELINE, math.nan)
+    balanced = metrics.get(m.EVAL_SOP_BALANCED_ACC, math.nan)
+    verdict = "above" if sop > rule else "NOT above"
+    return (
+        f"held out: sentence order {sop:.3f}, {verdict} the length rule's {rule:.3f} (pairs of equal length: "
+        f"{balanced:.3f}); masked words {metrics.get(m.EVAL_MLM_ACC, math.nan):.3f} right"
+    )
 
 
 def _phases(result: dict[str, Any], total: float) -> dict[str, float]:
