@@ -69,6 +69,16 @@ RESULTS = {
                   "loader_first_batch_s": 0.3, "reps": 3, **row_spread(10.0, 8.0, 12.0)} for m in ("static", "dynamic")],
     },
     "demo": {"quick": True, "env": ENV, "warmup_seconds": 80.0, "runs": {"quick": {"seconds": [60.0], "phases": {}}}},
+    # as benchmarks.time_to_quality writes it (fields the adapter reads): ours reached HF's final loss
+    "time_to_quality": {
+        "quick": True, "env": {**ENV, "threads": {"ours": "2 Ray Train workers x 1 torch thread"}},
+        "budget": {"seconds": 150.0},
+        "ours": {"first_step_start_s": 50.0, "last_step_s": 150.0, "sequences": 6400, "sequences_per_s": 64.0},
+        "hf": {"sequences": 1280, "sequences_per_s": 9.0},
+        "result": {"target_mlm_loss": 7.5,
+                   "seconds": {"hf_s": 148.0, "ours_s": 74.0, "ours_reached": True, "ratio": 2.0},
+                   "seconds_from_first_step": {"hf_s": 135.0, "ours_s": 24.0, "ours_reached": True, "ratio": 5.6}},
+    },
     # as benchmarks.scale writes them: evaluated there, 100 vs 10 MB in a quick run
     "scale": {
         "quick": True, "env": ENV,
@@ -98,8 +108,8 @@ def paths(tmp_path: Path) -> suite.Paths:
 def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> None:
     summary = suite.write_summary(paths)
     assert list(summary) == ["P1_spm", "P1_hf", "P2_speed", "P2_rss", "P3", "P4_static", "P4_dynamic",
-                             "P5_demo", "P5_demo_quick", "P6", "P9_rss", "P9_rss_growth", "P9_throughput",
-                             "P9_e2e"]  # fmt: skip
+                             "P5_demo", "P5_demo_quick", "P6", "P8", "P9_rss", "P9_rss_growth",
+                             "P9_throughput", "P9_e2e"]  # fmt: skip
     assert json.loads((paths.results / "summary.json").read_text()) == summary
 
     assert summary["P1_spm"]["ratio"] == spread(0.89, 0.8, 0.95) and summary["P1_spm"]["met"] is True
@@ -118,6 +128,9 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
     assert summary["P5_demo_quick"]["met"] is True
     assert summary["P5_demo"]["status"].startswith("not run") and summary["P5_demo"]["met"] is None
     assert summary["P6"]["status"] == "not run" and summary["P6"]["ratio"] is None
+    # time to quality: HF's seconds over ours' to HF's final loss, from command launch; at least 3x
+    assert summary["P8"]["ratio"] == spread(2.0, 2.0, 2.0) and summary["P8"]["met"] is False
+    assert summary["P8"]["raw"]["ratio_from_first_step"] == 5.6 and "ours 74 s" in summary["P8"]["figures"]
     # scale: GB at most 3, growth at most 1.5x, MB/s per core at least 2; a failed stage says which
     assert summary["P9_rss"]["ratio"]["median"] == 2.5 and summary["P9_rss"]["met"] is True
     assert summary["P9_rss"]["unit"] == "GB" and "quick: no 1 GB run" in summary["P9_rss"]["figures"]
@@ -125,7 +138,7 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
     assert summary["P9_throughput"]["status"] == "not run: tokenize failed at 100 MB: exit code 1: out of memory"  # fmt: skip
 
     md = (paths.results / "summary.md").read_text()
-    assert md.count("\n| P") == 14 and "**missed**" in md and "| P6 |" in md
+    assert md.count("\n| P") == 15 and "**missed**" in md and "| P6 |" in md
 
 
 def test_failed_and_unreadable_benchmarks_are_not_trusted(paths: suite.Paths) -> None:
@@ -170,6 +183,7 @@ def test_only_selects_the_benchmarks_of_the_goals_named() -> None:
     assert names(["P3", "P6"]) == ["model_step", "train_scaling"]
     assert names(["P5_demo_quick", "train_curves"]) == ["train_curves", "demo"]
     assert names(["P9"]) == names(["P9_e2e"]) == ["scale"]
+    assert names(["P8"]) == ["time_to_quality"]
     assert "learning_curve" not in names(None, quick=True) and "learning_curve" in names(None)
     with pytest.raises(UserError, match="P99"):
         suite.select(["P99"], quick=False)
