@@ -650,6 +650,10 @@ def main() -> None:
     if args.hf_side is not None:
         hf_side(args.hf_side)
         return
+    try:  # transformers.Trainer needs it; pyproject's extras do not pull it in (yet)
+        import accelerate  # noqa: F401
+    except ImportError:
+        sys.exit("time_to_quality: transformers.Trainer needs accelerate: pip install 'accelerate>=1.1'")
     mode = MODES["quick" if args.quick else "full"]
     steps = args.steps or mode["steps"]
     every = max(1, min(mode["every"], steps // 4))
