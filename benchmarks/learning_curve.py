@@ -1,10 +1,11 @@
 """SOP learning curve (issue 5): does a `tiny` ALBERT learn sentence order and masked tokens from real text?
 
-One `training.run.train` run (Ray Train, LAMB, warm-up then linear decay, the defaults of `TrainConfig`) on
+One `training.run.train` run (Ray Train, the defaults of `TrainConfig`: AdamW, warm-up then linear decay) on
 static shards of WikiText-2 valid + the Gutenberg books, evaluated on the held-out documents every `EVAL_EVERY`
 steps. The histories are read back from the run's MLflow metrics (`MlflowClient.get_metric_history`), the way a
 user would see them: per step the training loss and accuracies, and per evaluation `eval_loss`, `eval_mlm_acc`
-and `eval_sop_acc` over the whole held-out split. The SOP baseline is not 0.5: pairs are swapped half of the
+and `eval_sop_acc` over the whole held-out split, with the length rule's accuracy on the same rows and the
+model's accuracy on length-balanced pairs (the figures that say whether order, not length, was learned). The SOP baseline is not 0.5: pairs are swapped half of the
 time, but a chunk with a single sentence becomes a negative with label 1 (the reference's rule), and a book whose
 pass drew a short target yields thousands of those, so label 1 dominates. The majority-class share of each split
 is measured from the shards and drawn as the baseline to beat.
@@ -39,7 +40,8 @@ from training.run import train
 
 EVAL_EVERY = 50
 TRAIN_METRICS = (m.LOSS, m.MLM_LOSS, m.SOP_LOSS, m.MLM_ACC, m.SOP_ACC, m.LR)
-EVAL_METRICS = (m.EVAL_LOSS, "eval_mlm_loss", "eval_sop_loss", m.EVAL_MLM_ACC, m.EVAL_SOP_ACC)
+EVAL_METRICS = (m.EVAL_LOSS, "eval_mlm_loss", "eval_sop_loss", m.EVAL_MLM_ACC, m.EVAL_SOP_ACC,
+                m.EVAL_SOP_LENGTH_BASELINE, m.EVAL_SOP_BALANCED_ACC)  # fmt: skip
 
 
 def histories(tracking_uri: str, run_id: str) -> dict[str, dict[str, list[float]]]:
@@ -97,6 +99,11 @@ def plot(h: dict[str, dict[str, list[float]]], window: int, baseline: float, tit
                     label=f"train {train_name.replace('_', ' ')} (mean of {window} steps)")  # fmt: skip
         acc_ax.plot(h[eval_name]["step"], h[eval_name]["value"], "o-", color=color, ms=4,
                     label=eval_name.replace("_", " "))  # fmt: skip
+    rule = h[m.EVAL_SOP_LENGTH_BASELINE]["value"]
+    if rule:  # the same held-out rows every time: one figure
+        acc_ax.axhline(rule[-1], color="black", ls="--", lw=1, label=f"length rule on eval ({rule[-1]:.3f})")
+        acc_ax.plot(h[m.EVAL_SOP_BALANCED_ACC]["step"], h[m.EVAL_SOP_BALANCED_ACC]["value"], "s:",
+                    color="tab:olive", ms=4, label="eval SOP on length-balanced pairs")  # fmt: skip
     acc_ax.set(xlabel="step", ylabel="accuracy", title="SOP and MLM accuracy", ylim=(0, 1))
     acc_ax.grid(alpha=0.3)
     acc_ax.legend(loc="upper left", fontsize="small")

@@ -41,7 +41,10 @@ class TrainConfig:
     eval_sequences: int | None = (
         None  # held-out sequences per evaluation (the first N); None: the whole split
     )
-    shuffle_buffer: int = 4096  # rows each worker shuffles over (shards store a document's rows together)
+    # Rows each worker shuffles over. Shards store a document's rows together and a small build is one file in
+    # corpus order (four books, then WikiText): with 4096 rows a worker read 2,400 rows of books before any other
+    # text and held-out loss stalled (P8). 32768 rows of 128 tokens hold ~50 MB per worker.
+    shuffle_buffer: int = 32768
     log_every: int = 10
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
