@@ -79,7 +79,17 @@ PROMOTED, REJECTED, ROLLED_BACK = "promoted", "rejected", "rolled back"
 # Seeds the eval rows' dynamic masks: TrainConfig's default seed, so the masks are those training evaluated on.
 EVAL_SEED = 0
 EVAL_BATCH = 64
-EVAL_METRICS = ("eval_loss", "eval_mlm_loss", "eval_sop_loss", "eval_mlm_acc", "eval_sop_acc")
+# What the gate may compare: the model's held-out figures. Evaluation also reports two figures of the data, the
+# length rule's accuracy and the share of length-balanced pairs, which are the same for every model.
+EVAL_METRICS = (
+    "eval_loss",
+    "eval_mlm_loss",
+    "eval_sop_loss",
+    "eval_mlm_acc",
+    "eval_sop_acc",
+    "eval_sop_balanced_acc",
+)
+DATA_FIGURES = ("eval_sop_length_baseline", "eval_sop_balanced_share")
 LOCK_TIMEOUT_S = 600.0
 MAX_REASON_CHARS = 1000
 TAG = "promotion."  # prefix of the version tags that hold a version's latest decision

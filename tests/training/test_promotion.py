@@ -36,6 +36,7 @@ from data_jobs.tokenizer_job import TokenizerJobConfig, load_tokenizer, train_to
 from training.batches import batch_spec, to_model_inputs
 from training.promotion import (
     CHAMPION,
+    DATA_FIGURES,
     EVAL_METRICS,
     EVAL_SEED,
     KEY_TAGS,
@@ -166,9 +167,10 @@ def test_evaluate_model_is_deterministic_and_refuses_another_tokenizer(
     first = evaluate_model(snapshots[32], home, shards, max_sequences=EVAL_N)
     assert evaluate_model(snapshots[32], home, shards, max_sequences=EVAL_N) == first
     assert first["sequences"] == EVAL_N
-    assert set(first) == {*EVAL_METRICS, "sequences"}
+    assert set(first) == {*EVAL_METRICS, *DATA_FIGURES, "sequences"}
     assert first["eval_loss"] == pytest.approx(first["eval_mlm_loss"] + first["eval_sop_loss"])
     untrained = evaluate_model(snapshots[0], home, shards, max_sequences=EVAL_N)
+    assert all(first[k] == untrained[k] for k in DATA_FIGURES)  # figures of the rows, not of the model
     # The few training steps made a measurable difference.
     assert first["eval_mlm_loss"] < untrained["eval_mlm_loss"] - 0.5
     everything = evaluate_model(snapshots[0], home, shards)
