@@ -312,7 +312,8 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from training.finetune import FinetuneConfig, finetune
 
     home = _registry(args)
-    flags = ("epochs", "batch_size", "lr", "max_seq_len", "warmup_ratio", "threads", "seed", "model_name")
+    flags = ("epochs", "batch_size", "lr", "max_seq_len", "warmup_ratio", "threads", "seed", "model_name",
+             "init")  # fmt: skip
     given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
     cfg = FinetuneConfig(model_uri=args.model, train_path=args.train, eval_path=args.eval,
                          text_field=args.text_field, label_field=args.label_field, **given)  # fmt: skip
@@ -536,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (default: every core this process may use)")
     p.add_argument("--seed", type=int)
     p.add_argument("--model-name", help="registered name of the classifier")
+    p.add_argument("--init", choices=("pretrained", "random"),
+                   help="encoder weights: the pretrained model's (default), or freshly initialised with the same "
+                        "config and tokenizer (the control that measures what pretraining is worth)")  # fmt: skip
     p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     flows = sub.add_parser("flows", help="Prefect deployments").add_subparsers(

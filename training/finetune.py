@@ -2,6 +2,7 @@
 
     pretrained model (models:/NAME@ALIAS, models:/NAME/V or a folder)  +  train / eval files (JSONL, CSV, Parquet)
       -> AlbertForSequenceClassification: the pretrained encoder (every tensor copied) + a new linear head
+         (init "random": the same config, tokenizer and head with a freshly initialised encoder, as a control)
       -> AdamW, warmup then linear decay, clipping at 1.0; accuracy and macro-F1 on eval after every epoch
       -> MLflow run in experiment `albert-finetuning` -> <home>/finetune/<run>/model -> registered pyfunc
 
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -45,6 +46,7 @@ WEIGHT_DECAY = 0.01  # the reference's AdamWeightDecayOptimizer; not on LayerNor
 TRAIN_LOSS, EVAL_ACCURACY, EVAL_F1_MACRO = "train_loss", "eval_accuracy", "eval_f1_macro"
 
 Label = str | int | bool
+Init = Literal["pretrained", "random"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,10 @@ class FinetuneConfig:
     threads: int | None = None  # torch threads; default: the cores this process may use
     # Registered name of the classifier; default "<pretrained name>-classifier", or "albert-classifier" for a folder.
     model_name: str | None = None
+    # "pretrained": the encoder's weights are the pretrained model's. "random": the control that measures what
+    # pretraining is worth, the same classifier (the pretrained model's config and tokenizer, the same seed, head,
+    # data, steps and schedule) with the encoder freshly initialised instead of copied.
+    init: Init = "pretrained"
 
     def __post_init__(self) -> None:
         for name in ("model_uri", "text_field", "label_field"):
@@ -97,6 +103,8 @@ class FinetuneConfig:
             raise UserError(f"threads must be a positive integer, got {self.threads!r}")
         if self.model_name is not None:
             validate_name(self.model_name, "model name")
+        if self.init not in get_args(Init):
+            raise UserError(f"init must be one of {', '.join(get_args(Init))}, got {self.init!r}")
         if self.model_uri.startswith("models:/"):
             parse_model_uri(self.model_uri)  # a malformed URI fails here, with the other config mistakes
 
@@ -263,6 +271,18 @@ def classifier_from_pretrained(
     return model
 
 
+def build_classifier(
+    pretrained: AlbertForPreTraining, num_labels: int, init: Init
+) -> AlbertForSequenceClassification:
+    """The classifier `init` asks for. "random" is built exactly as "pretrained" is, the pretrained weights
+    left out: under the same seed the head (drawn after the encoder) and the dropout masks are the same."""
+    if init == "pretrained":
+        return classifier_from_pretrained(pretrained, num_labels)
+    if init == "random":
+        return AlbertForSequenceClassification(pretrained.config.replace(num_labels=num_labels))
+    raise ValueError(f"unknown init {init!r}")
+
+
 # --- metrics ---------------------------------------------------------------------------------------------------
 
 
@@ -405,9 +425,9 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
             eval_rows = encode_texts(tokenizer, splits.eval_texts, cfg.max_seq_len, threads)
             at_limit = sum(len(ids) == cfg.max_seq_len for ids in train_rows)  # truncated, or just fitting
 
-            torch.manual_seed(cfg.seed)  # the head's init and dropout
+            torch.manual_seed(cfg.seed)  # the head's init and dropout (and the encoder's, for init "random")
             device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            model = classifier_from_pretrained(pretrained, len(splits.labels)).to(device)
+            model = build_classifier(pretrained, len(splits.labels), cfg.init).to(device)
             del pretrained
             steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
             total_steps = cfg.epochs * steps_per_epoch
@@ -422,6 +442,7 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
                 mlflow.log_params({**cfg.to_dict(), "threads": threads, "num_labels": len(splits.labels),
                                    "warmup_steps": warmup_steps, "total_steps": total_steps})  # fmt: skip
                 lineage = {
+                    "init": cfg.init,  # "random": only the config and tokenizer come from the pretrained model
                     "pretrained_model_uri": _absolute(cfg.model_uri),
                     "pretrained_model_version": pretrained_version,
                     "pretrained_model_sha256": pretrained_sha256,
@@ -437,7 +458,8 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
                     }
                 )
                 mlflow.log_metric("eval_majority_baseline", majority)
-                progress(f"fine-tuning {cfg.model_uri} (version {pretrained_version or '-'}) into {model_name}: "
+                progress(f"fine-tuning {cfg.model_uri} (version {pretrained_version or '-'}, init {cfg.init}) "
+                         f"into {model_name}: "
                          f"{len(train_rows)} train / {len(eval_rows)} eval texts ({at_limit} train texts at the "
                          f"{cfg.max_seq_len}-token limit), {len(splits.labels)} labels, {cfg.epochs} epochs of "
                          f"{steps_per_epoch} steps, {threads} threads; run {run_name}")  # fmt: skip
@@ -477,6 +499,7 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
         "tracking_uri": tracking_uri(home),
         "pretrained_model_uri": cfg.model_uri,
         "pretrained_model_version": pretrained_version,
+        "init": cfg.init,
         "accuracy": accuracy,
         "f1_macro": f1,
         "majority_baseline": majority,

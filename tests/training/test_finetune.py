@@ -33,6 +33,7 @@ from training.finetune import (
     TRAIN_LOSS,
     FinetuneConfig,
     accuracy_and_macro_f1,
+    build_classifier,
     classifier_from_pretrained,
     finetune,
     load_splits,
@@ -282,6 +283,7 @@ def test_csv_and_parquet_integer_labels_sort_numerically(tmp_path: Path) -> None
         ({"model_name": "../escape"}, "invalid model name"),
         ({"threads": 0}, "threads must be a positive integer"),
         ({"model_uri": "models:/name/latest"}, "the version must be a number"),
+        ({"init": "scratch"}, "init must be one of pretrained, random, got 'scratch'"),
     ],
 )
 def test_config_nonsense_is_rejected(tmp_path: Path, kwargs: dict, message: str) -> None:
@@ -314,6 +316,23 @@ def test_classifier_copies_every_encoder_weight() -> None:
     for name, tensor in classifier.albert.state_dict().items():
         assert torch.equal(tensor, source[name]), name
     assert classifier.classifier.weight.shape == (3, 128)
+
+
+def test_random_init_is_the_same_classifier_without_the_pretrained_weights() -> None:
+    torch.manual_seed(1)
+    pretrained = AlbertForPreTraining(AlbertConfig.from_preset("tiny", vocab_size=100, num_hidden_layers=2))
+    built = {}
+    for init in ("pretrained", "random"):
+        torch.manual_seed(0)  # as finetune seeds before building
+        built[init] = build_classifier(pretrained, 3, init)
+    assert built["random"].config == built["pretrained"].config == pretrained.config.replace(num_labels=3)
+    source = pretrained.albert.state_dict()
+    for name, tensor in built["random"].albert.state_dict().items():
+        assert torch.equal(built["pretrained"].albert.state_dict()[name], source[name]), name
+        if tensor.std() > 0:  # LayerNorm weights and biases start at 1 and 0 either way
+            assert not torch.equal(tensor, source[name]), name
+    for name, tensor in built["random"].classifier.state_dict().items():  # the same head: the same seed
+        assert torch.equal(tensor, built["pretrained"].classifier.state_dict()[name]), name
 
 
 def test_accuracy_and_macro_f1_match_hand_counts() -> None:
