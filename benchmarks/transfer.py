@@ -36,12 +36,12 @@ import os
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.time_to_quality import albert_command, child_env
 from benchmarks.train_loader import CORPORA, RESULTS, bench_home, build_bench_shards, environment, log
 from training.finetune import FinetuneConfig
 
@@ -113,18 +113,6 @@ def write_book_splits(corpora: Path, folder: Path) -> tuple[Path, Path]:
 
 
 # --- the commands ----------------------------------------------------------------------------------------------
-
-
-def albert_command() -> list[str]:
-    script = Path(sys.executable).parent / "albert"
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "flows.cli"]
-
-
-def child_env(home: Path) -> dict[str, str]:
-    """The benchmark's home with its embedded SQLite MLflow store and a local Ray runtime."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS")}  # fmt: skip
-    return {**env, "ALBERT_HOME": str(home), "PYTHONPATH": str(REPO)}
 
 
 def start_albert(args: list[str], home: Path, stderr_path: Path) -> tuple[subprocess.Popen, float]:
