@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-$(shell cat pyproject.toml | sha256sum | cut -c1-16)-$(s
 PYTEST_ARGS ?=
 QUICK ?=
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup demo test test-fast bench lint format clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tier: no Ray runtime, no servers, no console-script process (tests/conftest.py marks and guards it).
+test-fast: setup
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
 # Every benchmark in its own process, then benchmarks/results/summary.{json,md} and the README's figures.
 bench: setup

@@ -1,11 +1,16 @@
-"""Shared fixtures: the real corpora beside the repository, and a clean ALBERT_HOME per test.
+"""Shared fixtures: the real corpora beside the repository, a clean ALBERT_HOME per test, and the test tiers.
 
 Prefect gets a throw-away home (its database, results and the temporary API server flows start) before anything
 imports it, and sends no analytics.
+
+Tiers: a test is `unit` (`make test-fast`) unless it uses, directly or through another fixture, one of
+`TIER_FIXTURES`, which marks it with that fixture's tier. Unit tests run guarded: starting Ray or a server process
+fails the test with the fixture to declare, so a new Ray test cannot slip into the fast tier unmarked.
 """
 
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +31,69 @@ def corpora() -> Path:
     if not CORPORA.is_dir():
         pytest.fail(f"shared corpora not found at {CORPORA}: clone the project beside ../shared")
     return CORPORA
+
+
+# fixture -> the marker a test using it gets (pytest's `fixturenames` holds every fixture a test pulls in)
+TIER_FIXTURES = {"uses_ray": "ray", "uses_servers": "servers", "runs_cli": "e2e"}
+# programs no unit test starts: the pipeline's console script and the servers it talks to
+SERVER_PROGRAMS = frozenset(
+    {"albert", "ray", "mlflow", "prefect", "uvicorn", "gunicorn", "postgres", "initdb", "pg_ctl", "minio"}
+)
+
+
+@pytest.fixture(scope="session")
+def uses_ray() -> None:
+    """Declares that a test (or a fixture) starts a Ray runtime: Ray Data, Ray Train or plain Ray tasks."""
+
+
+@pytest.fixture(scope="session")
+def uses_servers() -> None:
+    """Declares that a test starts server processes: MLflow, Prefect, PostgreSQL, an S3 API, a Ray cluster."""
+
+
+@pytest.fixture(scope="session")
+def runs_cli() -> None:
+    """Declares that a test runs the `albert` console script as a separate process."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tiers = {TIER_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in TIER_FIXTURES}
+        for tier in sorted(tiers) or ["unit"]:
+            item.add_marker(tier)
+
+
+class _GuardedPopen(subprocess.Popen):
+    def __init__(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        started = {Path(os.fsdecode(a)).name for a in argv} & SERVER_PROGRAMS
+        if started:
+            self._child_created, self.returncode = False, None  # nothing started: Popen.__del__ has no child
+            pytest.fail(
+                f"a unit test started {', '.join(sorted(started))}: request the `runs_cli` or `uses_servers` "
+                "fixture (tests/conftest.py)",
+                pytrace=False,
+            )
+        super().__init__(args, *rest, **kwargs)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Guard a unit test's whole protocol, the session and module fixtures it sets up included."""
+    if item.get_closest_marker("unit") is None:
+        return (yield)
+    import ray
+
+    def refuse(*_args, **_kwargs):
+        pytest.fail(
+            "a unit test started Ray: request the `uses_ray` fixture (tests/conftest.py)", pytrace=False
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray, "init", refuse)
+        patch.setattr(ray, "is_initialized", refuse)  # Ray left running by an earlier test counts too
+        patch.setattr(subprocess, "Popen", _GuardedPopen)
+        return (yield)
 
 
 @pytest.fixture

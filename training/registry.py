@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
 import os
 import tempfile
 import time
@@ -225,7 +224,8 @@ def predict(
     model_uri: str, texts: list[str], texts_b: list[str | None], top_k: int = 5
 ) -> list[dict[str, Any]]:
     """Rows of the registered pyfunc's output for `texts` (and optional second segments `texts_b`): `fill_mask`
-    (per [MASK], its top-k candidates) and `sop_swapped_probability` (NaN without a second segment)."""
+    (per [MASK], its top-k candidates), `sop_swapped_probability` (None without a second segment) and
+    `truncated`."""
     import mlflow
     import pandas as pd
     from mlflow.exceptions import MlflowException
@@ -235,10 +235,7 @@ def predict(
     except MlflowException as e:
         raise UserError(f"cannot load {model_uri}: {str(e).splitlines()[0]}") from None
     out = model.predict(pd.DataFrame({"text": texts, "text_b": texts_b}), params={"top_k": top_k})
-    rows = out.to_dict(orient="records")
-    for row in rows:
-        row["fill_mask"] = json.loads(row["fill_mask"])  # one list of candidates per [MASK]
-    return rows
+    return out.to_dict(orient="records")
 
 
 @contextlib.contextmanager

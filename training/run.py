@@ -18,6 +18,7 @@ version is not idempotent): the model folder and run record are on disk, and res
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -162,7 +163,13 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
             "eval": _eval_split(home, cfg),
         },
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        diverged = re.search(r"Diverged: (.+)", str(e))  # the worker's `training.step.Diverged`
+        if diverged is None:
+            raise
+        raise UserError(f"run {run_name} diverged: {diverged.group(1)}") from None
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name} finished without a checkpoint")
     metrics = dict(result.metrics)

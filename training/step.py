@@ -7,6 +7,7 @@ evaluation share these, so every figure they log is summed the same way (`traini
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -40,6 +41,11 @@ def build(
     return model, optimizer, lr_scheduler(optimizer, cfg.warmup, cfg.max_steps)
 
 
+class Diverged(FloatingPointError):
+    """The loss or the gradients went to inf/NaN: the run stops before the optimizer would spread it into the
+    weights (the last checkpoint stays good); training on would be wasted time."""
+
+
 @dataclass
 class StepResult:
     stats: torch.Tensor  # this rank's STATS sums over the step's micro-batches, on its device
@@ -59,7 +65,8 @@ def optimizer_step(
     no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> StepResult:
     """Forward and backward over `grad_accum` micro-batches, clip, step. `no_sync` is DDP's: gradients are
-    all-reduced on the last micro-batch only."""
+    all-reduced on the last micro-batch only. Raises `Diverged` before the update when the gradient norm is
+    not finite (with fp16 the GradScaler skips such steps itself and lowers its scale)."""
     stats = torch.zeros(len(STATS), dtype=torch.float64, device=device)
     tokens = torch.zeros((), dtype=torch.float64, device=device)
     for micro in range(cfg.grad_accum):
@@ -72,6 +79,15 @@ def optimizer_step(
         tokens += batch["attention_mask"].sum()
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    # One scalar to the host: every rank holds the same all-reduced norm, so all ranks stop together.
+    if not scaler.is_enabled() and not torch.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        loss = float(stats[STATS.index("loss_sum")] / max(float(stats[STATS.index("sequences")]), 1.0))
+        figure = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {float(grad_norm)}"
+        raise Diverged(
+            f"{figure} at step {scheduler.last_epoch + 1} (lr {scheduler.get_last_lr()[0]:.3g}): stopped "
+            "before the update (lower --lr, raise --warmup-steps or train in fp32)"
+        )
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)

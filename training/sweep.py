@@ -40,6 +40,7 @@ from albert_core.storage import validate_name, write_json
 from albert_core.system import available_cores
 from training import tracking as m
 from training.config import Optimizer, TrainConfig
+from training.step import Diverged
 
 EXPERIMENT = "albert-sweeps"
 OBJECTIVE = "objective"
@@ -150,31 +151,10 @@ def _key(point: dict[str, Any]) -> str:
     return json.dumps({axis: point[axis] for axis in AXES}, sort_keys=True)
 
 
-class Diverged(FloatingPointError):
-    """The loss went NaN or infinite: the recipe is broken at this point; training on is wasted time."""
-
-
 def _check_finite(figures: dict[str, float], step: int) -> None:
     loss = figures[m.LOSS]
     if not math.isfinite(loss):
         raise Diverged(f"loss is {loss} at step {step} (lr {figures[m.LR]:.3g})")
-
-
-class _StopOnDivergence:
-    """A tracker that delivers every finite step and stops the trial at the first non-finite loss."""
-
-    def __init__(self, inner: m.Tracker) -> None:
-        self.inner = inner
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        _check_finite(metrics, step)
-        self.inner.log(metrics, step)
-
-    def checkpoint(self) -> None:
-        self.inner.checkpoint()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def _trial(point: dict[str, Any], context: dict[str, Any]) -> None:
@@ -191,9 +171,8 @@ def _trial(point: dict[str, Any], context: dict[str, Any]) -> None:
     client = MlflowClient(context["tracking_uri"])
     _mark(client, run_id, "RUNNING")
     spill = Path(context["sweep_dir"]) / PENDING / f"{name}.jsonl"
-    tracker = _StopOnDivergence(
-        m.MlflowTracker(context["tracking_uri"], run_id, spill_path=spill, system_metrics=False)
-    )
+    # a non-finite step raises `Diverged` before its update and before the tracker sees it (training.step)
+    tracker = m.MlflowTracker(context["tracking_uri"], run_id, spill_path=spill, system_metrics=False)
     started = time.perf_counter()
 
     def report(figures: dict[str, Any]) -> None:

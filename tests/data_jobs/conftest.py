@@ -36,7 +36,7 @@ class SmallShards:
 
 
 @pytest.fixture(scope="session")
-def small_shards(tmp_path_factory: pytest.TempPathFactory, corpora: Path) -> SmallShards:
+def small_shards(tmp_path_factory: pytest.TempPathFactory, corpora: Path, uses_ray: None) -> SmallShards:
     """20 WikiText articles, a 2000-piece tokenizer and 64-token static shards (about 15 s on 2 cores)."""
     home = tmp_path_factory.mktemp("small_shards_home")
     articles = wikitext_documents(corpora / "wikitext2-valid.raw.txt")
@@ -104,7 +104,7 @@ class Killable:
 
 
 @pytest.fixture
-def killable() -> Iterator[Callable[..., Killable]]:
+def killable(runs_cli: None) -> Iterator[Callable[..., Killable]]:
     """Start `albert` processes that are killed at the end of the test whatever happens."""
     started: list[Killable] = []
 

@@ -52,6 +52,7 @@ def assert_verify_fails_naming(args: list[str], home: Path, files: list[Path]) -
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("runs_cli")
 def test_killed_ingestion_publishes_nothing_and_the_next_run_completes(
     albert_home: Path, corpora: Path, killable: Callable[..., Killable], capsys: pytest.CaptureFixture
 ) -> None:
@@ -90,6 +91,7 @@ def test_killed_ingestion_publishes_nothing_and_the_next_run_completes(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("uses_ray")
 def test_killed_shards_build_publishes_nothing_and_the_next_run_completes(
     small_shards: SmallShards, killable: Callable[..., Killable]
 ) -> None:
@@ -118,6 +120,7 @@ def test_killed_shards_build_publishes_nothing_and_the_next_run_completes(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("runs_cli")
 def test_two_ingestions_of_one_corpus_at_once_take_turns(
     albert_home: Path, corpora: Path, killable: Callable[..., Killable]
 ) -> None:

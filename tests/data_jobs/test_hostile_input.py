@@ -142,6 +142,7 @@ _runs = itertools.count()
 
 @settings(PROPERTY, max_examples=30)
 @given(files=st.lists(FILE_KINDS, min_size=1, max_size=4))
+@pytest.mark.usefixtures("uses_ray")
 def test_whole_ingestions_lose_nothing(files: list[tuple[str, bytes]], tmp_path: Path) -> None:
     """Every source's lines add up, every document is new or a duplicate, and what the summary counts is what
     the version holds on disk (documents and quarantine rows), which `verify` confirms."""
@@ -175,6 +176,7 @@ def test_whole_ingestions_lose_nothing(files: list[tuple[str, bytes]], tmp_path:
 # --- fixed cases --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_each_kind_of_broken_file_is_quarantined_and_the_rest_ingests(
     albert_home: Path, tmp_path: Path
 ) -> None:
@@ -229,6 +231,7 @@ def test_a_file_without_read_permission_is_quarantined(albert_home: Path, tmp_pa
     assert summary["quarantined"]["by_reason"] == {"unreadable": 1} and summary["version"] is None
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_zero_documents_publish_nothing_and_say_so(
     albert_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -239,6 +242,7 @@ def test_zero_documents_publish_nothing_and_say_so(
     assert list_versions(albert_home, "nothing") == []
 
 
+@pytest.mark.usefixtures("runs_cli")
 def test_broken_parquet_inputs_are_one_line(
     albert_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -266,6 +270,7 @@ def test_broken_parquet_inputs_are_one_line(
 # --- shards and tokenizers that do not fit ----------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_shards_with_a_wrong_schema_are_refused(
     small_shards: SmallShards, capsys: pytest.CaptureFixture
 ) -> None:
@@ -299,6 +304,7 @@ def test_shards_with_a_wrong_schema_are_refused(
     shutil.rmtree(folder)
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_a_tokenizer_that_does_not_match_the_shards_is_refused(small_shards: SmallShards) -> None:
     """Shards record the sha256 of the tokenizer they were built with; training refuses another one (here the
     record says the tokenizer was different, as after retraining it under the same name)."""

@@ -219,6 +219,7 @@ def shared(corpora: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     return {"summary": summary, "home": home, "docs": read_docs(summary["path"])}
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_shared_corpora_ingest_cleanly_with_detected_layouts(shared: dict[str, Any]) -> None:
     summary = shared["summary"]
     assert summary["version"] == 1 and summary["parent"] is None
@@ -238,6 +239,7 @@ def test_shared_corpora_ingest_cleanly_with_detected_layouts(shared: dict[str, A
     assert not read_quarantine(summary["path"])
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_shared_corpora_line_accounting_matches_their_manifest(shared: dict[str, Any], corpora: Path) -> None:
     with open(corpora / "MANIFEST.tsv", newline="") as f:
         expected = {row["file"]: row for row in csv.DictReader(f, delimiter="\t")}
@@ -254,6 +256,7 @@ def test_shared_corpora_line_accounting_matches_their_manifest(shared: dict[str,
     assert sources["zhwiki_bert_sampled.txt"]["separators"] == 2500  # one blank line after each document
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_zhwiki_gives_its_documents_minus_exact_duplicates(shared: dict[str, Any], corpora: Path) -> None:
     text = (corpora / "zhwiki_bert_sampled.txt").read_text(encoding="utf-8")
     blocks = [tuple(line.strip() for line in b.split("\n") if line.strip()) for b in text.split("\n\n")]
@@ -268,6 +271,7 @@ def test_zhwiki_gives_its_documents_minus_exact_duplicates(shared: dict[str, Any
     assert f"zhwiki_bert_sampled.txt:{first}" in {d["id"] for d in docs}
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_wikitext_gives_its_60_articles_without_headings(shared: dict[str, Any], corpora: Path) -> None:
     lines = (corpora / "wikitext2-valid.raw.txt").read_bytes().decode("utf-8").split("\r\n")
     titles = [line for line in lines if re.fullmatch(r" = [^=].* = ", line)]
@@ -279,6 +283,7 @@ def test_wikitext_gives_its_60_articles_without_headings(shared: dict[str, Any],
     assert first["sentences"][0].startswith(lines[3].strip()[:40])  # the text under the first title
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_books_are_one_document_each_and_crlf_is_gone(shared: dict[str, Any], corpora: Path) -> None:
     assert b"\r\n" in (corpora / "gutenberg" / "melville-moby_dick.txt").read_bytes()
     books = {d["source"]: d for d in shared["docs"] if d["source"].startswith("gutenberg/")}
@@ -292,6 +297,7 @@ def test_books_are_one_document_each_and_crlf_is_gone(shared: dict[str, Any], co
     ]
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_version_files_and_manifest(shared: dict[str, Any]) -> None:
     (version,) = list_versions(shared["home"], "shared")
     version.verify()  # sha256 of every file as recorded
@@ -316,6 +322,7 @@ def test_version_files_and_manifest(shared: dict[str, Any]) -> None:
     assert manifest["sentences"] == sum(len(d["sentences"]) for d in shared["docs"])
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_reingest_creates_no_new_version(shared: dict[str, Any], corpora: Path) -> None:
     again = ingest([str(corpora)], "shared", home=shared["home"])
     n = shared["summary"]["documents_in"]
@@ -327,6 +334,7 @@ def test_reingest_creates_no_new_version(shared: dict[str, Any], corpora: Path) 
 # --- incremental, bad inputs, encodings -------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_adding_a_file_gives_v2_with_only_its_documents(albert_home: Path, corpora: Path) -> None:
     alice, thursday = (
         str(corpora / "gutenberg" / n) for n in ("carroll-alice.txt", "chesterton-thursday.txt")
@@ -339,6 +347,7 @@ def test_adding_a_file_gives_v2_with_only_its_documents(albert_home: Path, corpo
     assert list_versions(albert_home, "books")[-1].manifest["parent"] == "books/v1"
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_bad_inputs_are_quarantined_and_the_rest_ingests(albert_home: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -404,6 +413,7 @@ def test_bad_inputs_are_quarantined_and_the_rest_ingests(albert_home: Path, tmp_
     assert again["documents"] == summary["documents"]
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_latin1_ingests_with_auto_or_named_encoding(albert_home: Path, tmp_path: Path) -> None:
     path = tmp_path / "latin1.txt"
     path.write_bytes(FRENCH.encode("latin-1"))
@@ -423,6 +433,7 @@ def test_latin1_ingests_with_auto_or_named_encoding(albert_home: Path, tmp_path:
 # --- Parquet, Hugging Face, builtin -----------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_parquet_rows_keep_their_positions(albert_home: Path, tmp_path: Path) -> None:
     texts = ["Row zero. It is here.", None, "Row two.", "", "Row four.\nIts second paragraph."]
     table = pa.table({"text": texts, "n": list(range(5))})
@@ -454,6 +465,7 @@ def test_parquet_rows_keep_their_positions(albert_home: Path, tmp_path: Path) ->
         ingest([str(tmp_path / "rows.parquet")], "pq", home=albert_home, cfg=IngestConfig(column="body"))
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_hf_save_to_disk_folders_ingest(albert_home: Path, tmp_path: Path) -> None:
     datasets.Dataset.from_dict(
         {"text": ["Alpha doc. Two sentences.", "Beta doc."], "label": [0, 1]}
@@ -480,6 +492,7 @@ def test_hf_save_to_disk_folders_ingest(albert_home: Path, tmp_path: Path) -> No
         ingest([str(tmp_path / "hf" / "plain")], "hf", home=albert_home, cfg=IngestConfig(column="label"))
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_builtin_corpus_ingests_into_several_doc_files(
     albert_home: Path,
 ) -> None:
@@ -499,6 +512,7 @@ def test_builtin_corpus_ingests_into_several_doc_files(
 # --- command line -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_cli_ingest_json_and_user_errors(
     albert_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

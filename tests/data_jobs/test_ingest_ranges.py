@@ -94,6 +94,7 @@ def whole(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     return _snapshot(summary)
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_any_range_size_gives_the_same_version(whole: dict[str, Any], inputs: Path, tmp_path: Path) -> None:
     for range_mb in (0.05, 0.3):
         summary = ingest(
@@ -109,6 +110,7 @@ def test_any_range_size_gives_the_same_version(whole: dict[str, Any], inputs: Pa
     )
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_one_worker_gives_the_same_version(whole: dict[str, Any], inputs: Path, tmp_path: Path) -> None:
     """A Ray runtime with one CPU runs the tasks one at a time, in another order than the shared one."""
     script = (

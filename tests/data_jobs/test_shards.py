@@ -131,6 +131,7 @@ def word_starts(ids: np.ndarray, tokenizer: SentencePieceTokenizer) -> np.ndarra
 # --- format and readers ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_rows_are_well_formed(static: Built) -> None:
     assert pq.read_schema(next((static.path / "train").glob("part-*.parquet"))).equals(row_schema(EN))
     ids, types, attention = (static.column(c) for c in ("input_ids", "token_type_ids", "attention_mask"))
@@ -158,6 +159,7 @@ def test_rows_are_well_formed(static: Built) -> None:
     assert len(set(keys)) == len(keys)
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_readers_agree(en_static: Built, home: Path) -> None:
     files = sorted(str(p) for p in (en_static.path / "train").glob("part-*.parquet"))
     assert [Path(f).name for f in files] == [f"part-{k:05d}.parquet" for k in range(len(files))]
@@ -181,6 +183,7 @@ def test_readers_agree(en_static: Built, home: Path) -> None:
 
 
 @pytest.mark.parametrize("masking", ["static", "dynamic"])
+@pytest.mark.usefixtures("uses_ray")
 def test_training_loader_reads_the_rows(masking: str, request: pytest.FixtureRequest, home: Path) -> None:
     """The contract with `training`: read_shards + iter_torch_batches + its collate function give model inputs."""
     from albert_core.pretraining_data import SopConfig
@@ -198,6 +201,7 @@ def test_training_loader_reads_the_rows(masking: str, request: pytest.FixtureReq
     assert set(batch["sentence_order_label"].tolist()) <= {0, 1}
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_manifest_records_lineage_and_files(en_static: Built, home: Path) -> None:
     m, summary = en_static.manifest, en_static.summary
     assert m["id"] == summary["id"] and en_static.path == home / "shards" / summary["id"]
@@ -223,6 +227,7 @@ def test_manifest_records_lineage_and_files(en_static: Built, home: Path) -> Non
     assert not [p for p in (home / "shards").iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_small_builds_write_one_file_per_split(en_static: Built, home: Path) -> None:
     """The 4 tokenized parts of WikiText each gave a train and an eval file; they are coalesced."""
     tokenized = json.loads(
@@ -254,6 +259,7 @@ def test_file_groups_follow_parts_and_bytes(monkeypatch: pytest.MonkeyPatch) -> 
 # --- the ALBERT recipe, measured on the written rows ---------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_sop_proportions(static: Built) -> None:
     stats = static.manifest["statistics"]
     assert abs(stats["swapped_fraction"] - 0.5) < 0.03
@@ -264,6 +270,7 @@ def test_sop_proportions(static: Built) -> None:
     assert 0 < negatives < 0.6
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_short_targets_once_per_document_pass(zh_static: Built, en_static: Built) -> None:
     # 2,500 Chinese document passes: the share is within ±0.025 (4σ); 180 English ones are too few for more than
     # a sanity check.
@@ -271,6 +278,7 @@ def test_short_targets_once_per_document_pass(zh_static: Built, en_static: Built
     assert en_static.manifest["statistics"]["short_target_fraction"] < 0.2
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_masked_count_is_the_budget(static: Built) -> None:
     lengths = static.column("attention_mask").sum(axis=1)
     budget = np.minimum(MAX_PREDICTIONS, np.maximum(1, np.round(lengths * 0.15)))
@@ -308,6 +316,7 @@ def masked_words(built: Built) -> tuple[Counter, int]:
     return runs, partial
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_whole_word_ngrams_favour_short(en_static: Built) -> None:
     """n-gram lengths follow p(n) ∝ 1/n (6/11, 3/11, 2/11). Adjacent n-grams merge into longer runs and the budget
     shortens a few, so runs of masked words match within a few points."""
@@ -319,6 +328,7 @@ def test_whole_word_ngrams_favour_short(en_static: Built) -> None:
     assert sum(share.values()) > 0.95
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_replacements_are_80_10_10(static: Built) -> None:
     ids, positions = static.column("input_ids"), static.column("masked_lm_positions")
     real = static.column("masked_lm_weights") > 0
@@ -338,6 +348,7 @@ def find(haystack: bytes, needle: np.ndarray, last: bool = False) -> int:
     return at // 4 if at >= 0 else -1
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_segments_keep_or_swap_document_order(en_dynamic: Built) -> None:
     """Unswapped pairs have A before B in their document, swapped ones B before A. Other label-1 rows must be
     single-sentence negatives, whose B comes from another document; there are as many as the manifest counts."""
@@ -368,6 +379,7 @@ def test_segments_keep_or_swap_document_order(en_dynamic: Built) -> None:
     assert abs(seen["swapped"] / (seen["swapped"] + seen["kept"]) - 0.5) < 0.03
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_dynamic_shards_hold_the_same_pairs_unmasked(en_static: Built, en_dynamic: Built) -> None:
     assert set(en_dynamic.rows.column_names) == {
         "doc_id", "pass_index", "index", "input_ids", "token_type_ids", "attention_mask", "sop_label", "word_start",
@@ -382,6 +394,7 @@ def test_dynamic_shards_hold_the_same_pairs_unmasked(en_static: Built, en_dynami
     assert (flags == (word_starts(ids, en_dynamic.tokenizer) & real)).all()
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_chinese_text_survives(zh_static: Built) -> None:
     tok = zh_static.tokenizer
     text = tok.decode(unmasked(zh_static)[0])
@@ -400,6 +413,7 @@ def rows_digest(table: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_one_and_two_workers_write_the_same_rows(en_static: Built, home: Path, tmp_path: Path) -> None:
     other = tmp_path / "albert_home"  # same corpus version and tokenizer, nothing built yet
     for part in ("corpora", "tokenizers"):
@@ -412,6 +426,7 @@ def test_one_and_two_workers_write_the_same_rows(en_static: Built, home: Path, t
     assert load_manifest(other, summary["id"])["files"] == en_static.manifest["files"]
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_existing_id_is_reused_from_the_cli(
     en_static: Built, home: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -425,6 +440,7 @@ def test_existing_id_is_reused_from_the_cli(
     assert result["corpus"] == "wiki/v1" and result["tokenizer"] == "wiki"
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_different_parameters_give_a_different_id(en_static: Built, home: Path, english: dict) -> None:
     seeds = ShardsConfig(max_seq_len=MAX_SEQ_LEN, dupe_factor=1, eval_share=0.05, seed=1)
     summary = build_shards("wiki", "wiki", home=home, cfg=seeds, workers=2)
@@ -435,6 +451,7 @@ def test_different_parameters_give_a_different_id(en_static: Built, home: Path, 
     )  # same held-out documents
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_user_errors(en_static: Built, home: Path, capsys: pytest.CaptureFixture) -> None:
     base = ["shards", "build", "--corpus", "wiki", "--home", str(home)]
     assert main([*base, "--tokenizer", "nope", "--max-seq-len", "128"]) == 2
@@ -453,6 +470,7 @@ def test_user_errors(en_static: Built, home: Path, capsys: pytest.CaptureFixture
         ShardsConfig(eval_share=1.0)
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_schema_mismatch_is_a_user_error(en_static: Built, home: Path) -> None:
     fake = home / "shards" / "fake"
     shutil.copytree(en_static.path, fake)
@@ -464,6 +482,7 @@ def test_schema_mismatch_is_a_user_error(en_static: Built, home: Path) -> None:
     shutil.rmtree(fake)
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_without_negatives_or_eval_split(home: Path, chinese: dict) -> None:
     """No pool; one-sentence documents give no instances, so every label is a true order label; an empty split
     has no file (a 0-row Parquet file breaks `datasets`), is named in the summary and reads back empty."""
@@ -482,6 +501,7 @@ def test_without_negatives_or_eval_split(home: Path, chinese: dict) -> None:
     assert abs(labels.mean() - 0.5) < 0.03
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_a_small_corpus_holds_out_one_document(home: Path, english: dict) -> None:
     """48 articles of which none hashes below the default eval_share 0.01 (62 documents did in issue 14): the one
     with the smallest hash is held out, no file has 0 rows and `datasets` reads every file."""

@@ -52,6 +52,7 @@ def monkeypatch_module() -> pytest.MonkeyPatch:
         yield mp
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_ids_are_the_tokenizers_own(built: dict, docs: dict, home: Path) -> None:
     tok, _ = load_tokenizer(home, "mixed")
     files = part_files(built)
@@ -69,6 +70,7 @@ def test_ids_are_the_tokenizers_own(built: dict, docs: dict, home: Path) -> None
     assert stats["documents"] == len(docs) and stats["sentences"] == sum(map(len, docs.values()))
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_manifest_and_atomic_folder(built: dict, home: Path) -> None:
     folder = Path(built["path"])
     assert folder == home / "tokenized" / built["id"] and not built["reused"]
@@ -80,12 +82,14 @@ def test_manifest_and_atomic_folder(built: dict, home: Path) -> None:
     assert not [p for p in (home / "tokenized").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_existing_id_is_reused(built: dict, home: Path) -> None:
     tok, _ = load_tokenizer(home, "mixed")
     again = tokenize_corpus(home, resolve_version(home, "mixed"), tok, workers=1)
     assert again["reused"] and again["id"] == built["id"] and again["files"] == built["files"]
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_one_worker_writes_the_same_files(built: dict, home: Path, tmp_path: Path) -> None:
     other = tmp_path / "albert_home"
     for part in ("corpora", "tokenizers"):
@@ -96,6 +100,7 @@ def test_one_worker_writes_the_same_files(built: dict, home: Path, tmp_path: Pat
     assert result["id"] == built["id"] and result["files"] == built["files"]  # byte-identical parts
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_a_failed_build_leaves_nothing(built: dict, home: Path, tmp_path: Path) -> None:
     other = tmp_path / "albert_home"
     for part in ("corpora", "tokenizers"):
@@ -111,6 +116,7 @@ def test_a_failed_build_leaves_nothing(built: dict, home: Path, tmp_path: Path) 
     assert not (other / "tokenized").exists() or not list((other / "tokenized").iterdir())
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_cli_reports_the_same_folder(built: dict, home: Path, capsys: pytest.CaptureFixture) -> None:
     from flows.cli import main
 
@@ -135,6 +141,7 @@ def test_arrow_preprocessing_is_preprocess_text(texts: list[str]) -> None:
         assert preprocess_arrow(array, lowercase) == [preprocess_text(t, lowercase) for t in [*texts, ""]]
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_encode_arrow_is_encode(docs: dict, home: Path) -> None:
     tok, _ = load_tokenizer(home, "mixed")
     sentences = [s for d in sorted(docs) for s in docs[d]]

@@ -23,6 +23,8 @@ from data_jobs.tokenizer_job import (
 from flows.cli import main
 from tests.corpus_helpers import publish, wikitext_documents
 
+pytestmark = pytest.mark.usefixtures("uses_ray")
+
 VOCAB = 4000
 SAMPLE = 5000
 

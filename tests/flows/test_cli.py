@@ -26,6 +26,7 @@ def test_model_info_prints_published_counts(capsys: pytest.CaptureFixture) -> No
     assert info["config"]["embedding_size"] == 128
 
 
+@pytest.mark.usefixtures("runs_cli")
 def test_console_script_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     for argv, needle in [
         (["model", "info", "--preset", "huge", "--json"], "unknown preset 'huge'"),

@@ -18,7 +18,7 @@ from albert_core.tokenizer import SentencePieceTokenizer
 from flows.cli import main
 from training.registry import configure_mlflow, download_model
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("runs_cli")]
 ALBERT = Path(sys.executable).with_name("albert")
 
 

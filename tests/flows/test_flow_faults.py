@@ -14,6 +14,8 @@ from prefect.client.orchestration import get_client
 
 from flows.pipeline import ingest_flow
 
+pytestmark = pytest.mark.usefixtures("uses_ray", "uses_servers")
+
 SHARDS = {"max_seq_len": 64, "eval_share": 0.1}
 TOKENIZER = {"vocab_size": 1000}
 

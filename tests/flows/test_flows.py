@@ -14,6 +14,8 @@ from prefect.events.filters import EventFilter, EventNameFilter
 from albert_core.errors import UserError
 from flows.pipeline import CORPUS_PUBLISHED, ingest_flow, promote_flow, train_flow
 
+pytestmark = pytest.mark.usefixtures("uses_ray", "uses_servers")
+
 SHARDS = {"max_seq_len": 64, "eval_share": 0.1}
 TOKENIZER = {"vocab_size": 2000}
 

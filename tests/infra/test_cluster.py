@@ -47,7 +47,7 @@ from infra.local.stack import (
     stop_stack,
 )
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500), pytest.mark.usefixtures("uses_servers")]
 
 CORPUS = "wiki"
 MODEL = "albert-cluster-test"
@@ -356,7 +356,7 @@ def test_the_champion_loads_in_a_fresh_process_from_the_server_alone(
                           timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["columns"] == ["fill_mask", "sop_swapped_probability"] and 0.0 <= out["p"] <= 1.0
+    assert out["columns"] == ["fill_mask", "sop_swapped_probability", "truncated"] and 0.0 <= out["p"] <= 1.0
 
 
 def test_stop_leaves_nothing_behind(stack: Stack, stack_env: dict[str, str]) -> None:

@@ -31,7 +31,9 @@ def mlflow_home(albert_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.fixture(scope="module")
-def wiki_shards(corpora: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+def wiki_shards(
+    corpora: Path, tmp_path_factory: pytest.TempPathFactory, uses_ray: None
+) -> Iterator[tuple[Path, str]]:
     """(home, shard id): the WikiText-2 validation text ingested, a small vocabulary, 64-token shards; the
     embedded MLflow store unless a test points MLFLOW_TRACKING_URI at a server."""
     from data_jobs.ingest import ingest
@@ -53,7 +55,9 @@ PRETRAIN_STEPS = 800
 
 
 @pytest.fixture(scope="session")
-def pretrained_en(corpora: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]:
+def pretrained_en(
+    corpora: Path, tmp_path_factory: pytest.TempPathFactory, uses_ray: None
+) -> tuple[Path, dict, str]:
     """(home, summary, shard id): a `tiny` model pretrained by the real trainer (2 Ray Train workers) on English
     WikiText and Gutenberg books, registered in the embedded MLflow; shared by the learning and transfer tests."""
     from data_jobs.ingest import ingest
@@ -120,7 +124,7 @@ class MlflowServer:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
+def mlflow_server(tmp_path: Path, uses_servers: None) -> Iterator[MlflowServer]:
     root = tmp_path / "mlflow-server"
     root.mkdir()
     server = MlflowServer(root)

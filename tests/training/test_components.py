@@ -9,9 +9,10 @@ import torch
 from albert_core import AlbertConfig, AlbertForPreTraining, UserError
 from albert_core.optim import build_optimizer, lr_scheduler
 from albert_core.pretraining_data import SopConfig, SpecialIds, build_instances
-from training.batches import BatchSpec, to_model_inputs
+from training.batches import STATS, BatchSpec, to_model_inputs
 from training.checkpointing import TrainState, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
+from training.step import Diverged, build, optimizer_step
 
 SPECIAL = SpecialIds(cls=2, sep=3, mask=4, vocab_size=200)
 
@@ -61,6 +62,42 @@ def test_dynamic_masks_are_per_epoch_and_independent_of_batch_composition() -> N
     assert torch.equal(subset["input_ids"], a["input_ids"][::2])  # a row's mask does not depend on its batch
     masked = (a["labels"] != -100).sum(1)
     assert (masked >= 1).all() and (masked <= 5).all()
+
+
+def _step_setup(grad_accum: int = 1):
+    cfg = TrainConfig(shards="s", workers=1, batch_size=8 * grad_accum, grad_accum=grad_accum, max_steps=10)
+    model, optimizer, scheduler = build(
+        cfg, AlbertConfig.from_preset("tiny", vocab_size=200, num_hidden_layers=1)
+    )
+    inputs = to_model_inputs(rows(static=True), spec("static"))
+    data = iter([{k: v[:8] for k, v in inputs.items()}] * 4)
+    return cfg, model, optimizer, scheduler, data
+
+
+def test_optimizer_step_learns_and_accumulates_on_one_process() -> None:
+    """The step the Ray Train workers run, here at world size 1: the loss falls on a batch seen again, and two
+    micro-batches of 8 count 16 sequences."""
+    cfg, model, optimizer, scheduler, data = _step_setup(grad_accum=2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    first = optimizer_step(model, optimizer, scheduler, scaler, data, cfg, torch.device("cpu"))
+    second = optimizer_step(model, optimizer, scheduler, scaler, data, cfg, torch.device("cpu"))
+    sequences = STATS.index("sequences")
+    assert first.stats[sequences] == second.stats[sequences] == 16
+    assert second.stats[STATS.index("loss_sum")] < first.stats[STATS.index("loss_sum")]
+    assert torch.isfinite(first.grad_norm) and first.lr < second.lr  # warming up
+
+
+def test_non_finite_gradients_stop_the_run_before_the_update() -> None:
+    cfg, model, optimizer, scheduler, data = _step_setup()
+    with torch.no_grad():
+        model.predictions.decoder.bias[5] = float("inf")  # a poisoned logit: the MLM loss goes to NaN
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with pytest.raises(Diverged, match="stopped before the update"):
+        optimizer_step(model, optimizer, scheduler, scaler, data, cfg, torch.device("cpu"))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the weights changed"
+    assert not optimizer.state, "the optimizer took a step"
 
 
 def test_checkpoint_resume_continues_bit_exactly(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from data_jobs.shards import load_manifest, split_files
 from tests.training.conftest import PRETRAIN_STEPS
 from training import tracking as m
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("uses_ray")]
 
 
 def length_rule(home: Path, shards: str) -> tuple[float, int]:

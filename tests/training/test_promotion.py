@@ -161,6 +161,7 @@ def registry(home: Path, logged: dict) -> Path:
 # --- evaluation --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_evaluate_model_is_deterministic_and_refuses_another_tokenizer(
     home: Path, shards: str, snapshots: dict[int, Path], corpora: Path, tmp_path: Path
 ) -> None:
@@ -225,6 +226,7 @@ def test_policy_judges_direction_margin_and_ties() -> None:
             PromotionPolicy(**bad)
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_gate_promotes_a_better_candidate_and_rejects_a_worse_one(registry: Path, logged: dict) -> None:
     name = "albert-gate"
     v1 = register(name, 0, logged)
@@ -278,6 +280,7 @@ def test_gate_promotes_a_better_candidate_and_rejects_a_worse_one(registry: Path
     assert name in {m["name"] for m in list_models(registry)}
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_margin_is_respected(registry: Path, logged: dict) -> None:
     name = "albert-margin"
     register(name, 0, logged)
@@ -300,6 +303,7 @@ def test_margin_is_respected(registry: Path, logged: dict) -> None:
     assert decisions == ["rejected", "rejected", "promoted"]
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_force_needs_a_reason_is_recorded_and_rolls_back(registry: Path, logged: dict) -> None:
     name = "albert-force"
     v1 = register(name, 32, logged)
@@ -339,6 +343,7 @@ def test_force_needs_a_reason_is_recorded_and_rolls_back(registry: Path, logged:
     assert len(history(name, home=registry)) == 4
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_a_champion_with_another_tokenizer_is_replaced_only_when_forced(
     registry: Path, logged: dict, corpora: Path, tmp_path: Path
 ) -> None:
@@ -371,6 +376,7 @@ def test_a_champion_with_another_tokenizer_is_replaced_only_when_forced(
         rollback(name, home=registry)
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_user_mistakes_are_one_line_errors(registry: Path, logged: dict) -> None:
     with pytest.raises(UserError, match="no registered model named 'albert-nonesuch'"):
         promote("albert-nonesuch", home=registry)
@@ -394,6 +400,7 @@ def test_user_mistakes_are_one_line_errors(registry: Path, logged: dict) -> None
 # --- concurrency -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_a_decision_waits_for_the_lock(registry: Path, logged: dict) -> None:
     name = "albert-locked"
     register(name, 0, logged)
@@ -410,6 +417,7 @@ def test_a_decision_waits_for_the_lock(registry: Path, logged: dict) -> None:
     assert results[0]["decision"] == "promoted" and len(history(name, home=registry)) == 1
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_concurrent_promotions_end_with_the_best_champion(registry: Path, logged: dict) -> None:
     name = "albert-race"
     order = [16, 0, 32, 8, 26, 4, 20, 12]  # registration order is not quality order

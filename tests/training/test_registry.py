@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -57,7 +61,7 @@ model = mlflow.pyfunc.load_model(sys.argv[1])
 frame = pd.DataFrame({"text": [sys.argv[2], sys.argv[3]], "text_b": [None, sys.argv[4]]})
 out = model.predict(frame, params={"top_k": int(sys.argv[5])})
 print(json.dumps({"albert_core": sys.modules["albert_core"].__file__, "columns": list(out.columns),
-                  "rows": out.to_dict(orient="records")}))
+                  "rows": out.to_dict(orient="records")}, allow_nan=False))
 """
 
 
@@ -151,15 +155,15 @@ def test_register_twice_then_load_candidate_in_a_fresh_process(
     assert "mismatch" not in proc.stderr, proc.stderr[-3000:]  # pinned requirements match this environment
     served = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "/code/albert_core/" in served["albert_core"] and not served["albert_core"].startswith(str(REPO))
-    assert served["columns"] == ["fill_mask", "sop_swapped_probability"]
+    assert served["columns"] == ["fill_mask", "sop_swapped_probability", "truncated"]
     masked_row, pair_row = served["rows"]
 
-    (candidates,) = json.loads(masked_row["fill_mask"])  # one [MASK]
+    (candidates,) = masked_row["fill_mask"]  # one [MASK]
     scores = [c["score"] for c in candidates]
     assert len(candidates) == TOP_K and scores == sorted(scores, reverse=True) and sum(scores) <= 1
     assert all(0 <= s <= 1 for s in scores)
-    assert math.isnan(masked_row["sop_swapped_probability"])  # no text_b
-    assert json.loads(pair_row["fill_mask"]) == []
+    assert masked_row["sop_swapped_probability"] is None  # no text_b
+    assert pair_row["fill_mask"] == [] and not masked_row["truncated"] and not pair_row["truncated"]
     assert 0 <= pair_row["sop_swapped_probability"] <= 1
 
     # The served numbers are our model's, computed here directly on the same ids.
@@ -210,4 +214,82 @@ def test_partially_shared_model_registers_without_hf_export(
     # The pyfunc serves it anyway: two masks give two candidate lists of the default top_k.
     served = mlflow.pyfunc.load_model(registered["alias_uri"])
     out = served.predict(pd.DataFrame({"text": ["The [MASK] was [MASK] in 1990 ."]}))
-    assert [len(candidates) for candidates in json.loads(out["fill_mask"][0])] == [5, 5]
+    assert [len(candidates) for candidates in out["fill_mask"][0]] == [5, 5]
+
+
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_served_model_answers_plain_json_over_http(
+    mlflow_home: Path, tokenizer_dir: Path, tmp_path: Path, uses_servers: None
+) -> None:
+    """`mlflow models serve` on a registered version, asked as any HTTP client would: lists and objects (no JSON
+    inside JSON), null (never NaN) without a pair, a one-line 400 for a bad field, over-long input truncated by
+    default and refused on request."""
+    model_dir = make_model_dir(tmp_path / "model", tokenizer_dir)
+    experiment_id = get_or_create_experiment("albert-test", mlflow_home)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        registered = log_and_register(model_dir, run_id=run.info.run_id, model_name=MODEL_NAME)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri(mlflow_home),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }  # its uvicorn
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", registered["alias_uri"],
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/invocations"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 120 s"
+                time.sleep(0.5)
+
+        status, body = _post(url, {"dataframe_records": [{"text": MASKED}, {"text": PAIR[0], "text_b": PAIR[1]}],
+                                   "params": {"top_k": 3}})  # fmt: skip
+        assert status == 200, body
+        masked, pair = body["predictions"]
+        assert [len(candidates) for candidates in masked["fill_mask"]] == [3]
+        assert set(masked["fill_mask"][0][0]) == {"token", "score"}
+        assert masked["sop_swapped_probability"] is None and masked["truncated"] is False
+        assert pair["fill_mask"] == [] and 0 <= pair["sop_swapped_probability"] <= 1
+
+        status, body = _post(url, {"dataframe_records": [{"txt": MASKED}]})
+        assert status == 400 and "text" in body["message"], body
+        assert "stack_trace" not in body and "Traceback" not in json.dumps(body)
+
+        long_text = " ".join(["word"] * 5000) + " [MASK] ."
+        status, body = _post(
+            url, {"dataframe_records": [{"text": long_text}, {"text": PAIR[0], "text_b": long_text}]}
+        )
+        assert status == 200, body
+        assert [row["truncated"] for row in body["predictions"]] == [True, True]
+        assert [len(row["fill_mask"]) for row in body["predictions"]] == [
+            0,
+            0,
+        ]  # the mask was in the cut tail
+        status, body = _post(url, {"dataframe_records": [{"text": long_text}], "params": {"truncate": False}})
+        assert status == 400 and "exceeds the model's" in body["message"], body
+        assert "stack_trace" not in body and len(body["message"]) < 2000
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)

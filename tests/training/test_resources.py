@@ -72,6 +72,7 @@ def test_with_an_autoscaler_it_waits_with_a_message(monkeypatch: pytest.MonkeyPa
                     "waiting for the autoscaler to add it (ALBERT_AUTOSCALER=1)"]  # fmt: skip
 
 
+@pytest.mark.usefixtures("uses_ray")
 def test_train_gpu_on_a_cpu_only_runtime_exits_2_with_one_line_quickly(
     wiki_shards: tuple[Path, str], tmp_path: Path
 ) -> None:

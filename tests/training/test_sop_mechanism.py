@@ -29,7 +29,7 @@ from training import local
 from training import tracking as m
 from training.config import TrainConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("uses_ray")]
 DOCUMENTS, SEQ_LEN, STEPS = 6000, 64, 800
 
 

@@ -19,6 +19,8 @@ from flows.cli import main
 from training import tracking as m
 from training.sweep import EXPERIMENT, SweepConfig, objective, table
 
+pytestmark = pytest.mark.usefixtures("uses_ray")
+
 TINY = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 2}
 GOOD_LR, DIVERGING_LR = 3e-3, 1e4  # 1e4: the loss is NaN by step 4 with either optimizer
 STEPS, EVAL_EVERY = 40, 20
@@ -66,7 +68,9 @@ def test_sweep_ranks_finished_trials_by_the_objective_and_keeps_failures(swept) 
     failed = rows[2:]  # after the finished ones, unranked, each with its reason
     assert all(r["params"]["lr"] == DIVERGING_LR and r["rank"] is None and r["score"] is None for r in failed)
     for r in failed:
-        assert re.fullmatch(r"Diverged: loss is (nan|-?inf) at step \d+ \(lr .+\)", r["error"]), r["error"]
+        # the step stops before the update: at the first non-finite gradient norm, or loss
+        pattern = r"Diverged: (loss|gradient norm) is (nan|-?inf) at step \d+ \(lr .+\): stopped before the update .+"
+        assert re.fullmatch(pattern, r["error"]), r["error"]
         assert Path(r["error_file"]).is_file()  # Tune's traceback, in the sweep's own storage
 
     sweep_dir = home / "sweeps" / "grid"

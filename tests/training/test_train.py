@@ -1,6 +1,7 @@
 """Pretraining end to end on real text: ingest -> tokenizer -> shards -> Ray Train DDP on 2 CPU workers ->
 MLflow (SQLite) -> registered pyfunc model. Then a resumed run continues the same MLflow run."""
 
+import re
 from pathlib import Path
 
 import mlflow
@@ -15,6 +16,8 @@ from data_jobs.tokenizer_job import TokenizerJobConfig, train_tokenizer
 from flows.cli import main
 from training.config import TrainConfig
 from training.run import train
+
+pytestmark = pytest.mark.usefixtures("uses_ray")
 
 SMALL_MODEL = {"num_hidden_layers": 2}
 
@@ -60,7 +63,7 @@ def test_two_worker_ddp_run_learns_tracks_and_registers(home: Path, first_run: d
     mlflow.set_tracking_uri(first_run["tracking_uri"])
     model = mlflow.pyfunc.load_model(first_run["alias_uri"])
     out = model.predict(pd.DataFrame({"text": ["The [MASK] of the river ."], "text_b": ["It was long ."]}))
-    assert 0.0 <= out["sop_swapped_probability"][0] <= 1.0 and "token" in out["fill_mask"][0]
+    assert 0.0 <= out["sop_swapped_probability"][0] <= 1.0 and "token" in out["fill_mask"][0][0][0]
     run = MlflowClient(first_run["tracking_uri"]).get_run(first_run["run_id"])
     assert run.data.params["train.workers"] == "2" and run.data.tags["preset"] == "tiny"
     assert {i.dataset.name for i in run.inputs.dataset_inputs} == {
@@ -84,8 +87,26 @@ def test_resume_continues_the_same_mlflow_run_without_duplicate_steps(
     assert record["attempts"] == ["attempt-1", "attempt-2"] and record["final_step"] == 50
 
 
-def test_train_errors_are_one_line(home: Path, capsys: pytest.CaptureFixture) -> None:
+def test_train_errors_are_one_line(home: Path, shards: str, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--shards", "nope", "--home", str(home)]) == 2
     assert "unknown shards 'nope'" in capsys.readouterr().err
     assert main(["train", "--shards", "x", "--batch-size", "33", "--home", str(home)]) == 2
     assert "divisible" in capsys.readouterr().err
+    # a rate that blows up: the workers stop before the update that would spread NaN into the weights
+    diverging = [
+        "--lr",
+        "5000",
+        "--max-steps",
+        "20",
+        "--workers",
+        "1",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "20",
+    ]
+    assert main(["train", "--shards", shards, *diverging, "--home", str(home)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(
+        r"diverged: (loss|gradient norm) is (nan|-?inf) at step \d+ .+stopped before the update", err
+    )

@@ -146,6 +146,7 @@ def kill_a_worker_after_checkpoint(home: Path, step: int, last: int, killed: dic
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("uses_ray")
 def test_a_killed_worker_resumes_from_the_checkpoint_without_losing_or_repeating_a_step(
     wiki_shards: tuple[Path, str], tmp_path: Path
 ) -> None:

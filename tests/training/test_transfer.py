@@ -35,7 +35,7 @@ from benchmarks.transfer import (
 )
 from training.finetune import EVAL_ACCURACY, FinetuneConfig, finetune
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("uses_ray")]
 
 
 def test_pretrained_beats_random_init_on_held_out_sentences(
