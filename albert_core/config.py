@@ -7,10 +7,10 @@ for CPU tests and demos.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
+from albert_core.config_base import Config
 from albert_core.errors import UserError
 
 Sharing = Literal["all", "attention", "ffn", "none"]
@@ -18,7 +18,9 @@ Activation = Literal["gelu_new", "gelu", "relu"]
 
 
 @dataclass(frozen=True)
-class AlbertConfig:
+class AlbertConfig(Config):
+    config_kind: ClassVar[str] = "config"
+
     vocab_size: int = 30000
     embedding_size: int = 128  # E: the factorised embedding width (paper section 3.1)
     hidden_size: int = 768  # H
@@ -41,13 +43,7 @@ class AlbertConfig:
     pad_token_id: int = 0
     num_labels: int = 2  # sequence classification only
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int", "float") and (isinstance(value, bool) or not isinstance(value, int | float)):
-                raise UserError(f"config field {f.name} must be a number, got {value!r}")
-            if f.type == "int" and not isinstance(value, int):
-                raise UserError(f"config field {f.name} must be an integer, got {value!r}")
+    def validate(self) -> None:
         positive = ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "intermediate_size", "num_hidden_groups", "inner_group_num", "max_position_embeddings",
                     "type_vocab_size", "num_labels")  # fmt: skip
@@ -57,12 +53,6 @@ class AlbertConfig:
         if self.hidden_size % self.num_attention_heads:
             raise UserError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}"
-            )
-        if self.sharing not in get_args(Sharing):
-            raise UserError(f"sharing must be one of {', '.join(get_args(Sharing))}; got {self.sharing!r}")
-        if self.hidden_act not in get_args(Activation):
-            raise UserError(
-                f"hidden_act must be one of {', '.join(get_args(Activation))}; got {self.hidden_act!r}"
             )
         if self.num_hidden_groups > self.num_hidden_layers:
             raise UserError(
@@ -94,20 +84,6 @@ class AlbertConfig:
         if name not in PRESETS:
             raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> AlbertConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> AlbertConfig:
-        return self.from_dict({**self.to_dict(), **changes})
 
 
 # Published ALBERT v2 sizes (paper Table 1) and two CPU-sized ones. Everything not listed takes the defaults above.

@@ -40,11 +40,12 @@ import functools
 import hashlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
+from albert_core.config_base import Config
 from albert_core.errors import UserError
 
 Sentences = Sequence[Sequence[int]]  # one document: token ids per sentence
@@ -74,7 +75,7 @@ class SpecialIds:
 
 
 @dataclass(frozen=True)
-class SopConfig:
+class SopConfig(Config):
     """Build parameters of SOP instances; defaults are the reference's flags (dupe_factor 40 included)."""
 
     max_seq_len: int = 512
@@ -87,17 +88,7 @@ class SopConfig:
     static_masking: bool = True
     seed: int = 12345
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = f.type if isinstance(f.type, str) else f.type.__name__
-            ok = {
-                "int": _is_int(value),
-                "float": _is_int(value) or isinstance(value, float),
-                "bool": isinstance(value, bool),
-            }[kind]
-            if not ok:
-                raise UserError(f"SopConfig.{f.name} must be {kind}, got {value!r}")
+    def validate(self) -> None:
         # [CLS] A [SEP] B [SEP] with A, B non-empty, and a short target drawn from [2, max_seq_len - 3].
         _check(self.max_seq_len >= 5, f"max_seq_len must be >= 5, got {self.max_seq_len}")
         for name in ("short_seq_prob", "masked_lm_prob"):

@@ -28,21 +28,20 @@ Nothing is dropped silently: per source `lines_in = lines_accepted + lines_quara
 
 from __future__ import annotations
 
-import codecs
 import json
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from albert_core.errors import UserError
 from albert_core.storage import build_folder
+from data_jobs.config import IngestConfig
 from data_jobs.corpus import (
     DOCS_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -53,7 +52,7 @@ from data_jobs.corpus import (
     publish_version,
 )
 from data_jobs.dedup import bucket_digits, find_losers, unit_keys, unit_losers, write_keys
-from data_jobs.layouts import COUNTS, DOC, LAYOUTS, QUARANTINE, Items
+from data_jobs.layouts import COUNTS, DOC, QUARANTINE, Items
 from data_jobs.ray_runtime import ensure_ray, run_tasks
 from data_jobs.sources import Plan, RangeUnit, Unit, plan_units, resolve_sources
 
@@ -67,43 +66,6 @@ PART_COLUMNS = [*DOCS_SCHEMA.names, "ordinal"]  # the read tasks' documents: ord
 # Every source reports these, zero when no task counted any (e.g. an empty Parquet file has no row group).
 COUNT_KEYS = ("lines_in", "lines_accepted", "lines_quarantined", "separators", "documents", "empty_documents")
 COUNT_KEYS += ("sentences", "control_chars_removed")
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    format: Literal["text", "jsonl", "parquet", "hf"] | None = None  # None: from the extension / folder
-    text_field: str = "text"  # JSONL field holding the text
-    column: str = "text"  # Parquet / HF column holding the text
-    # None: detected per file (and recorded); JSONL, Parquet and HF rows default to `documents`
-    layout: Literal["sentences", "paragraphs", "wikitext", "wrapped", "documents"] | None = None
-    pre_split: bool = False  # lines are sentences already: do not split them
-    encoding: str = "utf-8"  # "utf-8" (strict), "auto" (detect, recorded per source) or a codec name
-    max_line_bytes: int = 1_000_000  # longer lines (and JSONL rows) are quarantined
-    # input per task: larger text and JSONL files are cut into ranges of about this size
-    range_mb: float = 16.0
-
-    @property
-    def range_bytes(self) -> int:
-        return max(1, int(self.range_mb * (1 << 20)))
-
-    def validated(self) -> IngestConfig:
-        """This config with the codec name normalised; a UserError for values that cannot work."""
-        if self.format is not None and self.format not in FORMATS:
-            raise UserError(f"unknown format {self.format!r}: use one of {', '.join(FORMATS)}")
-        if self.layout is not None and self.layout not in LAYOUTS:
-            raise UserError(f"unknown layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
-        if self.max_line_bytes < 1:
-            raise UserError(f"max_line_bytes must be positive, got {self.max_line_bytes}")
-        if not self.range_mb > 0:
-            raise UserError(f"range_mb must be positive, got {self.range_mb}")
-        if self.encoding == "auto":
-            return self
-        try:
-            return replace(self, encoding=codecs.lookup(self.encoding).name)
-        except LookupError:
-            raise UserError(
-                f"unknown encoding {self.encoding!r}: use utf-8, auto or a Python codec name"
-            ) from None
 
 
 @dataclass

@@ -37,7 +37,7 @@ from albert_core.text import join_wrapped_lines, normalize_counted, split_senten
 from data_jobs.corpus import RAW_LIMIT
 
 if TYPE_CHECKING:
-    from data_jobs.ingest import IngestConfig
+    from data_jobs.config import IngestConfig
 
 Layout = Literal["sentences", "paragraphs", "wikitext", "wrapped", "documents"]
 LAYOUTS: tuple[Layout, ...] = ("sentences", "paragraphs", "wikitext", "wrapped", "documents")

@@ -34,10 +34,10 @@ import json
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,9 +46,10 @@ import pyarrow.parquet as pq
 import ray
 
 from albert_core.errors import UserError
-from albert_core.pretraining_data import DocumentPool, Instance, SopConfig, SpecialIds, document_passes
+from albert_core.pretraining_data import DocumentPool, Instance, SpecialIds, document_passes
 from albert_core.storage import atomic_directory, read_json, sha256_file, validate_name, write_json
 from albert_core.tokenizer import SentencePieceTokenizer
+from data_jobs.config import ShardsConfig
 from data_jobs.corpus import CorpusVersion, resolve_version
 from data_jobs.ray_runtime import ensure_ray
 from data_jobs.tokenize import documents, part_files, tokenize_corpus
@@ -70,59 +71,6 @@ ROW_GROUP_ROWS = 4096  # instances buffered by a worker before they go to disk
 # (measured); tasks that build several tokenized parts each would make large builds' files big enough to skip it.
 TARGET_FILE_BYTES = 64 << 20
 TOKENIZED_COLUMNS = ["id", "text_bytes", "sentences"]
-
-Masking = Literal["static", "dynamic"]
-
-
-@dataclass(frozen=True)
-class ShardsConfig:
-    """Build parameters; all but `eval_share` and `masking` are `SopConfig` fields (the reference's flags)."""
-
-    max_seq_len: int = 128
-    dupe_factor: int = 1
-    masking: Masking = "static"
-    # None: round(masked_lm_prob * max_seq_len), the largest budget a sequence can have (19 for 128; the
-    # reference's flag is 20, whose last slot can never be used at 128 tokens).
-    max_predictions: int | None = None
-    short_seq_prob: float = 0.1
-    masked_lm_prob: float = 0.15
-    eval_share: float = 0.01  # documents held out for evaluation, chosen by a hash of their id
-    single_sentence_negatives: bool = True
-    seed: int = 12345
-
-    def __post_init__(self) -> None:
-        if self.masking not in get_args(Masking):
-            raise UserError(f"masking must be one of {', '.join(get_args(Masking))}, got {self.masking!r}")
-        share = self.eval_share
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share < 1:
-            raise UserError(f"eval_share must be a number in [0, 1), got {share!r}")
-        for name in (
-            "max_seq_len",
-            "masked_lm_prob",
-        ):  # used to resolve max_predictions before SopConfig runs
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise UserError(f"{name} must be a number, got {value!r}")
-        self.sop()  # SopConfig checks the rest, with its own messages
-
-    def sop(self) -> SopConfig:
-        predictions = self.max_predictions
-        if predictions is None:
-            predictions = max(1, round(self.masked_lm_prob * self.max_seq_len))
-        return SopConfig(
-            max_seq_len=self.max_seq_len,
-            short_seq_prob=self.short_seq_prob,
-            masked_lm_prob=self.masked_lm_prob,
-            max_predictions=predictions,
-            dupe_factor=self.dupe_factor,
-            single_sentence_negatives=self.single_sentence_negatives,
-            static_masking=self.masking == "static",
-            seed=self.seed,
-        )
-
-    def resolved(self) -> dict[str, Any]:
-        """The parameters as recorded in the manifest and hashed into the id (max_predictions filled in)."""
-        return {**asdict(self), "max_predictions": self.sop().max_predictions}
 
 
 def row_schema(cfg: ShardsConfig) -> pa.Schema:

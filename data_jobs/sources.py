@@ -37,7 +37,7 @@ from data_jobs.layouts import (
 from data_jobs.ranges import cut_rule, owned_span, plan_ranges, sample_bytes, splittable
 
 if TYPE_CHECKING:
-    from data_jobs.ingest import IngestConfig
+    from data_jobs.config import IngestConfig
 
 BUILTIN = "builtin"
 EXTENSIONS = {"": "text", ".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl"}

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from albert_core.storage import (
     write_json,
 )
 from albert_core.tokenizer import SentencePieceTokenizer, preprocess_arrow
+from data_jobs.config import TokenizerJobConfig
 from data_jobs.corpus import CorpusVersion, resolve_version
 from data_jobs.ray_runtime import ensure_ray, require_resources, run_tasks
 
@@ -70,34 +71,6 @@ SPM_FIXED_BYTES = 300_000_000
 # Candidates kept beyond what the budget fits at the corpus's mean sentence size (sampled sentences vary in size).
 CANDIDATE_MARGIN = 1.5
 MEMORY_SHARE = 0.8  # of the memory available, what the trainer may plan for (the estimate is not a bound)
-
-
-@dataclass(frozen=True)
-class TokenizerJobConfig:
-    vocab_size: int = 30000  # the published ALBERT vocabulary
-    lowercase: bool = True  # the reference's uncased models
-    sample_sentences: int = 10_000_000  # at most this many sentences reach SentencePiece
-    seed: int = 0  # chooses the sample
-    # memory the trainer may use; None: a share of the largest Ray node's memory (the sample is capped to fit)
-    max_memory_gb: float | None = None
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "max_memory_gb":
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                    raise UserError(f"max_memory_gb must be a number, got {value!r}")
-                if value is not None and not value > 0:
-                    raise UserError(f"max_memory_gb must be > 0, got {value}")
-            elif f.type == "bool":
-                if not isinstance(value, bool):
-                    raise UserError(f"{f.name} must be true or false, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int):
-                raise UserError(f"{f.name} must be an integer, got {value!r}")
-        if self.sample_sentences < 1:
-            raise UserError(f"sample_sentences must be >= 1, got {self.sample_sentences}")
-        if self.seed < 0:
-            raise UserError(f"seed must be >= 0, got {self.seed}")
 
 
 def tokenizer_dir(home: Path, name: str) -> Path:

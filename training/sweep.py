@@ -30,11 +30,12 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, ClassVar, get_args
 
 from albert_core.config import AlbertConfig
+from albert_core.config_base import Config
 from albert_core.errors import UserError
 from albert_core.storage import validate_name, write_json
 from albert_core.system import available_cores
@@ -57,7 +58,9 @@ def objective(figures: dict[str, float]) -> float:
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Config):
+    config_kind: ClassVar[str] = "sweep config"
+
     shards: str  # shard id under ALBERT_HOME/shards
     preset: str = "tiny"
     # the grid: every combination is one trial
@@ -82,6 +85,9 @@ class SweepConfig:
             object.__setattr__(self, axis, tuple(given))
             if not given:
                 raise UserError(f"sweep: {axis} needs at least one value")
+        super().__post_init__()  # field types, then `validate`
+
+    def validate(self) -> None:
         for axis, ok, kind in (
             ("lr", lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
             ("optimizer", lambda v: v in get_args(Optimizer), f"one of {', '.join(get_args(Optimizer))}"),
@@ -134,8 +140,7 @@ class SweepConfig:
         return concurrent, max(1, cores // concurrent)
 
     def to_dict(self) -> dict[str, Any]:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {k: list(v) if k in AXES else v for k, v in values.items()}
+        return {k: list(v) if k in AXES else v for k, v in super().to_dict().items()}
 
 
 def _is_int(value: Any) -> bool:
