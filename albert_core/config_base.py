@@ -44,6 +44,8 @@ class Config:
 
     # how `from_dict` names the config in its one-line error ("unknown <kind> keys: ...")
     config_kind: typing.ClassVar[str] = ""
+    # pydantic (Prefect's parameter validation) refuses unknown keys too (a plain dict: no pydantic import here)
+    __pydantic_config__: typing.ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
     def __post_init__(self) -> None:
         hints = field_types(type(self))
@@ -62,6 +64,11 @@ class Config:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise UserError(f"unknown {cls.kind()} keys: {', '.join(unknown)} (known: {', '.join(known)})")
+        missing = [name for name, f in known.items() if name not in data and _required(f)]
+        if missing:
+            raise UserError(
+                f"{cls.kind()}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required"
+            )
         hints = field_types(cls)
         return cls(**{k: _from_plain(v, hints[k]) for k, v in data.items()})
 
@@ -104,6 +111,10 @@ def optional_inner(tp: Any) -> tuple[Any, bool]:
         if len(args) == 1 and len(get_args(tp)) == 2:
             return args[0], True
     return tp, False
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def _is_int(value: Any) -> bool:

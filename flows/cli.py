@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from albert_core.errors import UserError
+from flows.cli_options import add_config_flags, config_from_args, json_flag
 
 Command = Callable[[argparse.Namespace], dict[str, Any]]
 
@@ -58,55 +59,25 @@ def cmd_export_hf(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _job_config(cls: type, args: argparse.Namespace, **flags: Any) -> Any:
-    """A data job's config: the whole of it from --config-json (how ingest_flow submits a Ray job; the option
-    flags are then not read), else from the flags."""
-    if args.config_json is None:
-        return cls(**flags)
-    try:
-        given = json.loads(args.config_json)
-    except json.JSONDecodeError as e:
-        raise UserError(f"--config-json is not valid JSON: {e}") from None
-    if not isinstance(given, dict):
-        raise UserError("--config-json must be a JSON object")
-    try:
-        return cls(**given)
-    except TypeError as e:  # an unknown key
-        raise UserError(f"--config-json: {e}") from None
+def _job_config(cls: type, args: argparse.Namespace) -> Any:
+    """A job's config: --config-json (how a flow submits a Ray job) with the flags given on top."""
+    return config_from_args(cls, args, base=json_flag(args.config_json))
 
 
 def cmd_ingest(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
-    from data_jobs.ingest import IngestConfig, ingest
+    from data_jobs.config import IngestConfig
+    from data_jobs.ingest import ingest
 
-    cfg = _job_config(
-        IngestConfig,
-        args,
-        format=args.format,
-        text_field=args.text_field,
-        column=args.column,
-        layout=args.layout,
-        pre_split=args.pre_split,
-        encoding=args.encoding,
-        max_line_bytes=args.max_line_bytes,
-        range_mb=args.range_mb,
-    )
-    return ingest(args.paths, args.corpus, home=albert_home(args.home), cfg=cfg)
+    return ingest(args.paths, args.corpus, home=albert_home(args.home), cfg=_job_config(IngestConfig, args))
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
-    from data_jobs.tokenizer_job import TokenizerJobConfig, train_tokenizer
+    from data_jobs.config import TokenizerJobConfig
+    from data_jobs.tokenizer_job import train_tokenizer
 
-    cfg = _job_config(
-        TokenizerJobConfig,
-        args,
-        vocab_size=args.vocab_size,
-        lowercase=not args.cased,
-        sample_sentences=args.sample_sentences,
-        seed=args.seed,
-        max_memory_gb=args.max_memory_gb,
-    )
+    cfg = _job_config(TokenizerJobConfig, args)
     return train_tokenizer(
         args.corpus, home=albert_home(args.home), version=args.version, name=args.name, cfg=cfg
     )
@@ -114,20 +85,12 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_shards_build(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home
-    from data_jobs.shards import ShardsConfig, build_shards
+    from data_jobs.config import ShardsConfig
+    from data_jobs.shards import build_shards
 
-    if args.max_seq_len is None and args.config_json is None:
+    if not hasattr(args, "max_seq_len") and args.config_json is None:
         raise UserError("--max-seq-len is required (tokens per sequence, e.g. 128)")
-    cfg = _job_config(
-        ShardsConfig,
-        args,
-        max_seq_len=args.max_seq_len,
-        dupe_factor=args.dupe_factor,
-        masking=args.masking,
-        max_predictions=args.max_predictions,
-        eval_share=args.eval_share,
-        seed=args.seed,
-    )
+    cfg = _job_config(ShardsConfig, args)
     return build_shards(
         args.corpus,
         args.tokenizer,
@@ -166,36 +129,18 @@ def cmd_verify(args: argparse.Namespace) -> dict[str, Any]:
     return result.to_dict()
 
 
-TRAIN_FLAGS = ("shards", "preset", "workers", "max_steps", "batch_size", "grad_accum", "lr", "optimizer",
-               "precision", "eval_every", "checkpoint_every", "seed", "model_name")  # fmt: skip
-
-
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from albert_core.storage import albert_home, read_json, validate_name
     from training.config import TrainConfig
     from training.run import train
 
     home = albert_home(args.home)
-    _model_name(args.model_name)
-    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-    if (
-        args.config_json
-    ):  # the whole TrainConfig as JSON (how train_flow submits a Ray job); flags override it
-        try:
-            given = {**json.loads(args.config_json), **given}
-        except json.JSONDecodeError as e:
-            raise UserError(f"--config-json is not valid JSON: {e}") from None
-    if args.compile:
-        given["compile"] = True
-    if args.gpu:
-        given["use_gpu"] = True
+    base = json_flag(args.config_json)  # the whole TrainConfig as JSON (how train_flow submits a Ray job)
     if args.resume is not None:  # continue the run with its own config; flags given now override it
         base = read_json(home / "runs" / validate_name(args.resume, "run name") / "run.json")["config"]
-        cfg = TrainConfig.from_dict({**base, **given})
-    else:
-        if "shards" not in given:
-            raise UserError("--shards is required (the id printed by `albert shards build`)")
-        cfg = TrainConfig.from_dict(given)
+    elif not hasattr(args, "shards") and "shards" not in base:
+        raise UserError("--shards is required (the id printed by `albert shards build`)")
+    cfg = config_from_args(TrainConfig, args, base=base)
     return train(cfg, home=home, resume=args.resume, progress=progress)
 
 
@@ -342,39 +287,32 @@ def cmd_flows_deploy(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from data_jobs.config import IngestConfig, ShardsConfig, TokenizerJobConfig
+    from training.config import TrainConfig
+
     parser = argparse.ArgumentParser(prog="albert", description="ALBERT data-and-training pipeline")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    common = argparse.ArgumentParser(add_help=False)  # every command's --json and --home, declared once
+    common.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object on the last line"
+    )
+    common.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+    config_json = "the whole job config as JSON (how a flow submits a Ray job); flags given beside it win"
+
     def command(parent: Any, name: str, func: Command, help: str) -> argparse.ArgumentParser:
-        p = parent.add_parser(name, help=help, description=help)
-        p.add_argument(
-            "--json", action="store_true", help="print the result as one JSON object on the last line"
-        )
+        p = parent.add_parser(name, help=help, description=help, parents=[common])
         p.set_defaults(func=func)
         return p
 
     p = command(sub, "demo", cmd_demo, "run the whole chain on the builtin corpus with embedded defaults")
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
     p.add_argument("--quick", action="store_true", help="a smaller corpus and fewer steps (about a minute)")
 
     p = command(sub, "ingest", cmd_ingest, "ingest text, JSONL, Parquet or HF datasets into a corpus version")
     p.add_argument("paths", nargs="+", metavar="PATH", help="files, folders, globs, or 'builtin'")
     p.add_argument("--corpus", required=True, help="corpus name (letters, digits, -_.)")
-    p.add_argument("--format", choices=["text", "jsonl", "parquet", "hf"], help="default: from the extension")
-    p.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    p.add_argument("--column", default="text", help="Parquet / HF column holding the text")
-    p.add_argument("--layout", choices=["sentences", "paragraphs", "wikitext", "wrapped", "documents"],
-                   help="how text files are laid out (default: detected per file and recorded)")  # fmt: skip
-    p.add_argument("--pre-split", action="store_true", help="one sentence per line already: do not split")
-    p.add_argument("--encoding", default="utf-8", help="utf-8 (strict), auto (detect), or a codec name")
-    p.add_argument("--max-line-bytes", type=int, default=1_000_000, help="longer lines are quarantined")
-    p.add_argument("--range-mb", type=float, default=16.0,
-                   help="input per task: larger files are read as ranges of this size, in parallel")  # fmt: skip
-    p.add_argument(
-        "--config-json",
-        help="the whole job config as JSON (how ingest_flow submits a Ray job); replaces the option flags",
-    )
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+    add_config_flags(p, IngestConfig)
+    p.add_argument("--config-json", help=config_json)
 
     tok = sub.add_parser("tokenizer", help="SentencePiece vocabularies").add_subparsers(
         dest="tokenizer_command", required=True
@@ -383,18 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True)
     p.add_argument("--version", type=int, help="corpus version (default: latest)")
     p.add_argument("--name", help="tokenizer name (default: the corpus name)")
-    p.add_argument("--vocab-size", type=int, default=30000)
-    p.add_argument("--cased", action="store_true", help="keep case (the reference lower-cases)")
-    p.add_argument("--sample-sentences", type=int, default=10_000_000, help="at most this many sentences")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-memory-gb", type=float,
-                   help="memory the trainer may use; the sample is capped to fit (default: 80%% of the largest "
-                        "Ray node's memory)")  # fmt: skip
-    p.add_argument(
-        "--config-json",
-        help="the whole job config as JSON (how ingest_flow submits a Ray job); replaces the option flags",
-    )
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+    add_config_flags(p, TokenizerJobConfig)
+    p.add_argument("--cased", dest="lowercase", action="store_false", default=argparse.SUPPRESS,
+                   help="keep case: the same as --no-lowercase")  # fmt: skip
+    p.add_argument("--config-json", help=config_json)
 
     p = command(
         sub, "tokenize", cmd_tokenize, "encode a corpus version into token ids (reused by every shards build)"
@@ -403,7 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, help="corpus version (default: latest)")
     p.add_argument("--tokenizer", help="tokenizer name (default: the corpus name)")
     p.add_argument("--workers", type=int, help="parallel tasks (default: one per core)")
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     shards = sub.add_parser("shards", help="pretraining shards").add_subparsers(
         dest="shards_command", required=True
@@ -414,20 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True)
     p.add_argument("--version", type=int, help="corpus version (default: latest)")
     p.add_argument("--tokenizer", required=True, help="tokenizer name")
-    p.add_argument("--max-seq-len", type=int, help="tokens per sequence (required unless --config-json)")
-    p.add_argument("--dupe-factor", type=int, default=1)
-    p.add_argument("--masking", choices=["static", "dynamic"], default="static")
-    p.add_argument("--max-predictions", type=int, help="default: round(0.15 * max_seq_len)")
-    p.add_argument(
-        "--eval-share", type=float, default=0.01, help="share of documents held out for evaluation"
-    )
     p.add_argument("--workers", type=int, help="parallel build tasks (default: one per core)")
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument(
-        "--config-json",
-        help="the whole job config as JSON (how ingest_flow submits a Ray job); replaces the option flags",
-    )
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
+    add_config_flags(p, ShardsConfig)
+    p.add_argument("--config-json", help=config_json)
 
     verify = sub.add_parser(
         "verify", help="re-check files against their manifest (sha256, Parquet rows); exit 1 if any differ"
@@ -441,32 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name", metavar="NAME" if what != "shards" else "ID", help=name_help)
         if what == "corpus":
             p.add_argument("--version", type=int, help="one version (default: every version)")
-        p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p = command(sub, "train", cmd_train, "pretrain ALBERT on shards with Ray Train DDP, tracked in MLflow")
-    p.add_argument("--shards", help="shard id from `albert shards build`")
-    p.add_argument("--preset", help="model preset (default tiny)")
-    p.add_argument("--workers", type=int, help="DDP workers (default 2)")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, help="global batch in sequences")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["lamb", "adamw"])
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL)")
-    p.add_argument("--eval-every", type=int)
-    p.add_argument("--checkpoint-every", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--model-name", help="registered model name (default albert-<preset>)")
+    add_config_flags(p, TrainConfig, aliases={"use_gpu": ("--gpu",)})
     p.add_argument(
         "--resume",
         metavar="RUN",
         help="continue a run (same MLflow run) for more steps; at its final step, register a model that could not be "
         "registered and replay its pending metrics",
     )
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
-
     p.add_argument("--config-json", help="a whole training config as JSON (flags given beside it win)")
 
     p = command(sub, "sweep", cmd_sweep,
@@ -488,14 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "eval_sop_length_baseline)")  # fmt: skip
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: one per core)")
     p.add_argument("--name", help="sweeps/NAME and the MLflow parent run's name (default <preset>-<time>)")
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     models = sub.add_parser("models", help="the model registry").add_subparsers(
         dest="models_command", required=True
     )
     p = command(models, "list", cmd_models_list, "registered models, versions, aliases and last decisions")
     p.add_argument("name", nargs="?", help="one registered model (default: all)")
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p = command(
         sub, "promote", cmd_promote, "gate a candidate against the champion; move `champion` if better"
@@ -507,12 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-sequences", type=int, help="evaluate on the first N held-out sequences only")
     p.add_argument("--force", action="store_true", help="promote regardless of the gate (needs --reason)")
     p.add_argument("--reason", help="why (recorded with the decision)")
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p = command(sub, "rollback", cmd_rollback, "move `champion` back to the previous champion")
     p.add_argument("model_name")
     p.add_argument("--reason", help="why (recorded with the decision)")
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p = command(
         sub, "predict", cmd_predict, "fill [MASK]s (and score sentence order) with a registered model"
@@ -521,7 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", help="text with one or more [MASK]")
     p.add_argument("--pair", help="a second segment: score whether TEXT and PAIR are in swapped order")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     p = command(sub, "finetune", cmd_finetune, "fine-tune a registered model for text classification")
     p.add_argument("--model", required=True, help="pretrained model URI (models:/NAME@ALIAS) or folder")
@@ -540,7 +436,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", choices=("pretrained", "random"),
                    help="encoder weights: the pretrained model's (default), or freshly initialised with the same "
                         "config and tokenizer (the control that measures what pretraining is worth)")  # fmt: skip
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     flows = sub.add_parser("flows", help="Prefect deployments").add_subparsers(
         dest="flows_command", required=True
@@ -555,14 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--cron", default="0 2 * * *", help="ingestion schedule (cron, UTC; default 02:00 daily)"
         )
-        p.add_argument("--home", help="storage root the flows use (default: $ALBERT_HOME or ./.albert)")
         if name == "deploy":
             p.add_argument(
                 "--work-pool", default="albert-process", help="process work pool (created if missing)"
             )
 
     p = command(sub, "doctor", cmd_doctor, "which services are configured, and whether they are reachable")
-    p.add_argument("--home", help="storage root (default: $ALBERT_HOME or ./.albert)")
 
     model = sub.add_parser("model", help="model presets").add_subparsers(dest="model_command", required=True)
     p = command(model, "info", cmd_model_info, "parameter counts and config of a preset")
@@ -575,7 +468,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("outdir")
     p.add_argument("--tokenizer", help="tokenizer folder to include (default: the model folder's own)")
     p.add_argument("--seed", type=int, default=0, help="seed for preset:NAME initialisation")
-    p.add_argument("--home", help="storage root for models:/ URIs (default: $ALBERT_HOME or ./.albert)")
     return parser
 
 
@@ -597,8 +489,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if args.command in ("doctor", "verify") and not result["ok"] else 0
 
 
-def _human(result: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in result.items() if not isinstance(v, dict))
+def _human(result: dict[str, Any], prefix: str = "") -> str:
+    """One `key: value` line per figure, nested objects as dotted keys (`metrics.eval_loss: 7.279`)."""
+    lines = []
+    for key, value in result.items():
+        if isinstance(value, dict):
+            if value:
+                lines.append(_human(value, f"{prefix}{key}."))
+        else:
+            lines.append(f"{prefix}{key}: {round(value, 4) if isinstance(value, float) else value}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

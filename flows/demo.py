@@ -9,15 +9,17 @@ candidate and the gate decides.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from albert_core.config_base import Config, setting
+from data_jobs.config import ShardsConfig, TokenizerJobConfig
 from training import tracking as m
+from training.config import TrainConfig
 
 MODEL_NAME = "albert-demo"
 MASKED = "Return a new [MASK] containing all items from the iterable."
@@ -25,19 +27,26 @@ PAIR = ("Open the file and return a stream.", "Raise OSError upon failure.")
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    vocab_size: int = 8000  # the builtin corpus (1.6 MB of stdlib docstrings) is too small for 30000 pieces
-    max_seq_len: int = 64
-    dupe_factor: int = 2
-    eval_share: float = 0.05
-    preset: str = "tiny"
-    workers: int = 2
-    max_steps: int = 300
-    batch_size: int = 32
-    eval_every: int = 100
+class DemoConfig(Config):
+    """The jobs' own configs, with the demo's sizes."""
+
+    # the builtin corpus (1.6 MB of stdlib docstrings) is too small for 30000 pieces
+    tokenizer: TokenizerJobConfig = setting(default_factory=lambda: TokenizerJobConfig(vocab_size=8000))
+    shards: ShardsConfig = setting(
+        default_factory=lambda: ShardsConfig(max_seq_len=64, dupe_factor=2, eval_share=0.05)
+    )
+    train: TrainConfig = setting(
+        default_factory=lambda: TrainConfig(
+            model_name=MODEL_NAME, max_steps=300, eval_every=100, checkpoint_every=300
+        )
+    )
 
 
-QUICK = DemoConfig(vocab_size=4000, dupe_factor=1, max_steps=60, eval_every=60)
+QUICK = DemoConfig(
+    tokenizer=TokenizerJobConfig(vocab_size=4000),
+    shards=ShardsConfig(max_seq_len=64, dupe_factor=1, eval_share=0.05),
+    train=TrainConfig(model_name=MODEL_NAME, max_steps=60, eval_every=60, checkpoint_every=60),
+)
 
 
 def progress(message: str) -> None:
@@ -50,15 +59,9 @@ def run_demo(home: Path, quick: bool = False, cfg: DemoConfig | None = None) -> 
 
     cfg = cfg or (QUICK if quick else DemoConfig())
     started = time.perf_counter()
-    progress(f"albert demo ({'quick' if quick else 'full'}): {json.dumps(asdict(cfg))}; home {home}")
-    result = pipeline_flow(
-        ["builtin"], "builtin", home=str(home), preset=cfg.preset, workers=cfg.workers,
-        max_steps=cfg.max_steps, batch_size=cfg.batch_size,
-        tokenizer_options={"vocab_size": cfg.vocab_size},
-        shards_options={"max_seq_len": cfg.max_seq_len, "dupe_factor": cfg.dupe_factor,
-                        "eval_share": cfg.eval_share},
-        train_options={"model_name": MODEL_NAME, "eval_every": cfg.eval_every, "checkpoint_every": cfg.max_steps},
-    )  # fmt: skip
+    progress(f"albert demo ({'quick' if quick else 'full'}): {cfg.to_json()}; home {home}")
+    result = pipeline_flow(["builtin"], "builtin", home=str(home), tokenizer_config=cfg.tokenizer,
+                           shards_config=cfg.shards, train_config=cfg.train)  # fmt: skip
     configure_mlflow(home)
     champion = f"models:/{MODEL_NAME}@champion"
     predictions = predict(champion, [MASKED, PAIR[0]], [None, PAIR[1]])

@@ -31,7 +31,9 @@ from prefect.events import emit_event
 
 from albert_core.errors import UserError
 from albert_core.storage import albert_home
+from data_jobs.config import IngestConfig, ShardsConfig, TokenizerJobConfig
 from flows.ray_jobs import PROJECT_ROOT, jobs_address, run_cli_job
+from training.config import TrainConfig
 
 __all__ = ["CORPUS_PUBLISHED", "PROJECT_ROOT", "ingest_flow", "pipeline_flow", "promote_flow", "train_flow"]
 
@@ -70,7 +72,7 @@ def ingest_task(
         argv = ["ingest", *paths, "--corpus", corpus, "--home", home, "--config-json", json.dumps(options)]
         summary = _cli_job(ray_address, argv, home, "ingest", upload_project)
     else:
-        from data_jobs.ingest import IngestConfig, ingest
+        from data_jobs.ingest import ingest
 
         summary = ingest(paths, corpus, home=Path(home), cfg=IngestConfig(**options))
     _log(summary["message"])
@@ -83,7 +85,7 @@ def tokenizer_task(
     upload_project: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """Train a vocabulary when asked or when the corpus has none; otherwise keep the one the shards use."""
-    from data_jobs.tokenizer_job import TokenizerJobConfig, load_tokenizer, train_tokenizer
+    from data_jobs.tokenizer_job import load_tokenizer, train_tokenizer
 
     if not retrain:
         try:
@@ -155,7 +157,7 @@ def shards_task(
                 "--config-json", json.dumps(options)]  # fmt: skip
         summary = _cli_job(ray_address, argv, home, "shards", upload_project)
     else:
-        from data_jobs.shards import ShardsConfig, build_shards
+        from data_jobs.shards import build_shards
 
         summary = build_shards(corpus, corpus, home=Path(home), cfg=ShardsConfig(**options))
     _log(
@@ -169,7 +171,7 @@ def _build_or_cached_shards(
 ) -> dict[str, Any]:
     """Shards from Prefect's cache when the same inputs were built before and are still on disk, else built
     (after their token ids: a step of its own, so a cluster runs it as its own job)."""
-    from data_jobs.shards import MANIFEST, ShardsConfig, planned_shard_id, shards_dir
+    from data_jobs.shards import MANIFEST, planned_shard_id, shards_dir
 
     sid = planned_shard_id(corpus, corpus, home=Path(home), cfg=ShardsConfig(**options))
     on_disk = (shards_dir(Path(home), sid) / MANIFEST).is_file()
@@ -184,7 +186,6 @@ def _build_or_cached_shards(
 def train_task(config: dict[str, Any], home: str, resume: str | None = None) -> dict[str, Any]:
     """Pretraining on the local Ray runtime (or $RAY_ADDRESS). No Prefect retries: Ray Train restarts failed
     workers from the last checkpoint itself (`max_failures`)."""
-    from training.config import TrainConfig
     from training.run import train
 
     return train(TrainConfig.from_dict(config), home=Path(home), resume=resume, progress=_log)
@@ -220,25 +221,27 @@ def ingest_flow(
     sources: list[str],
     corpus: str,
     home: str | None = None,
-    ingest_options: dict[str, Any] | None = None,
-    tokenizer_options: dict[str, Any] | None = None,
-    shards_options: dict[str, Any] | None = None,
+    ingest_config: IngestConfig = IngestConfig(),
+    tokenizer_config: TokenizerJobConfig = TokenizerJobConfig(),
+    shards_config: ShardsConfig = ShardsConfig(),
     retrain_tokenizer: bool = False,
     ray_address: str | None = None,
     upload_project: bool = True,
 ) -> dict[str, Any]:
     """Ingest `sources` into `corpus`, make sure it has a vocabulary, build (or reuse) the newest version's
     shards; publish a Markdown summary and, when a new version got shards, the `albert.corpus.published` event.
+    The three configs are the jobs' own (`albert ingest|tokenizer train|shards build --help` lists their fields);
+    a deployment's run form shows them, and a JSON object with some of their fields is accepted.
 
     With a Jobs API address (`ray_address`, default $ALBERT_RAY_ADDRESS or $RAY_API_SERVER_ADDRESS) each step is
     a Ray job on that cluster; `sources` and `home` must then name storage the cluster reaches too."""
     root = str(albert_home(home))
     address = jobs_address(ray_address)
-    ingested = ingest_task(sources, corpus, root, ingest_options or {}, address, upload_project)
+    ingested = ingest_task(sources, corpus, root, ingest_config.to_dict(), address, upload_project)
     tokenizer = tokenizer_task(
-        corpus, root, tokenizer_options or {}, retrain_tokenizer, address, upload_project
+        corpus, root, tokenizer_config.to_dict(), retrain_tokenizer, address, upload_project
     )
-    shards = _build_or_cached_shards(corpus, root, shards_options or {}, address, upload_project)
+    shards = _build_or_cached_shards(corpus, root, shards_config.to_dict(), address, upload_project)
     result = {"corpus": corpus, "home": root, "ingest": ingested, "tokenizer": tokenizer, "shards": shards}
     create_markdown_artifact(_ingest_report(result), key=_artifact_key("ingest", corpus),
                              description=f"ingestion of {corpus}")  # fmt: skip
@@ -255,30 +258,25 @@ def ingest_flow(
 def train_flow(
     shards: str | None = None,
     corpus: str | None = None,
-    preset: str = "tiny",
-    workers: int = 2,
-    max_steps: int = 200,
-    batch_size: int = 32,
+    train_config: TrainConfig = TrainConfig(),
     home: str | None = None,
     ray_address: str | None = None,
     upload_project: bool = True,
-    options: dict[str, Any] | None = None,
     promote: bool = False,
 ) -> dict[str, Any]:
-    """Pretrain on `shards` (or the newest shards of `corpus`); on local Ray, or on the Ray cluster at
-    `ray_address` (default $ALBERT_RAY_ADDRESS or $RAY_API_SERVER_ADDRESS) through the Jobs API. Returns the training summary: run id, model version and metrics, and
-    with `promote` the gate's decision on the new version."""
+    """Pretrain on `shards` (or the newest shards of `corpus`, or the ones `train_config` names) with
+    `train_config` (`albert train --help` lists its fields); on local Ray, or on the Ray cluster at `ray_address`
+    (default $ALBERT_RAY_ADDRESS or $RAY_API_SERVER_ADDRESS) through the Jobs API. Returns the training summary:
+    run id, model version and metrics, and with `promote` the gate's decision on the new version."""
     from data_jobs.shards import latest_shards
-    from training.config import TrainConfig
 
     root = albert_home(home)
     ray_address = jobs_address(ray_address)
-    if shards is None:
-        if corpus is None:
-            raise UserError("train_flow needs shards=ID or corpus=NAME")
+    if shards is None and corpus is not None:
         shards = latest_shards(root, corpus)
-    cfg = TrainConfig(shards=shards, preset=preset, workers=workers, max_steps=max_steps, batch_size=batch_size,
-                      **(options or {}))  # fmt: skip
+    cfg = train_config.replace(shards=shards) if shards is not None else train_config
+    if not cfg.shards:
+        raise UserError("train_flow needs shards=ID, corpus=NAME or a train_config with its shards")
     if ray_address:
         summary = submit_training_job(cfg.to_dict(), str(root), ray_address, upload_project)
     else:
@@ -316,25 +314,21 @@ def pipeline_flow(
     sources: list[str],
     corpus: str,
     home: str | None = None,
-    preset: str = "tiny",
-    workers: int = 2,
-    max_steps: int = 200,
-    batch_size: int = 32,
-    ingest_options: dict[str, Any] | None = None,
-    tokenizer_options: dict[str, Any] | None = None,
-    shards_options: dict[str, Any] | None = None,
-    train_options: dict[str, Any] | None = None,
+    ingest_config: IngestConfig = IngestConfig(),
+    tokenizer_config: TokenizerJobConfig = TokenizerJobConfig(),
+    shards_config: ShardsConfig = ShardsConfig(),
+    train_config: TrainConfig = TrainConfig(),
     margin: float = 0.0,
     ray_address: str | None = None,
 ) -> dict[str, Any]:
-    """ingest -> train -> promote, as subflows (each keeps its own runs, artifacts and logs)."""
-    data = ingest_flow(sources, corpus, home, ingest_options, tokenizer_options, shards_options,
+    """ingest -> train -> promote, as subflows (each keeps its own runs, artifacts and logs); training runs on the
+    shards the ingestion built or reused."""
+    data = ingest_flow(sources, corpus, home, ingest_config, tokenizer_config, shards_config,
                        ray_address=ray_address)  # fmt: skip
-    trained = train_flow(shards=data["shards"]["id"], preset=preset, workers=workers, max_steps=max_steps,
-                         batch_size=batch_size, home=data["home"], ray_address=ray_address,
-                         options=train_options)  # fmt: skip
-    name = (train_options or {}).get("model_name") or f"albert-{preset}"
-    decision = promote_flow(name, version=trained["model_version"], margin=margin, home=data["home"])
+    trained = train_flow(shards=data["shards"]["id"], train_config=train_config, home=data["home"],
+                         ray_address=ray_address)  # fmt: skip
+    decision = promote_flow(train_config.registered_model_name, version=trained["model_version"], margin=margin,
+                            home=data["home"])  # fmt: skip
     return {"ingest": data, "train": trained, "promote": decision}
 
 

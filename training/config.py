@@ -19,7 +19,8 @@ Placement = Literal["PACK", "SPREAD", "STRICT_SPREAD"]
 class TrainConfig(Config):
     config_kind: ClassVar[str] = "training config"
 
-    shards: str = setting(help="shard id from `albert shards build` (under ALBERT_HOME/shards)")
+    # empty only in a flow's template: train_flow fills it from its `shards` or `corpus` parameter
+    shards: str = setting("", "shard id from `albert shards build` (under ALBERT_HOME/shards)")
     preset: str = setting("tiny", f"model preset: {', '.join(PRESETS)}")
     model_overrides: dict[str, Any] = setting(
         default_factory=dict, help='AlbertConfig fields over the preset, e.g. {"sharing": "none"}'
@@ -35,7 +36,7 @@ class TrainConfig(Config):
     # steps (held-out MLM stalls at the unigram level). LAMB is the reference's choice for batch 4096:
     # `--optimizer lamb --lr 1.76e-3` with a batch of thousands reproduces the paper's recipe.
     lr: float = setting(2e-3, "peak learning rate")
-    warmup_steps: int | None = setting(None, "linear warmup steps (default: 10%% of max_steps)")
+    warmup_steps: int | None = setting(None, "linear warmup steps (default: 10% of max_steps)")
     optimizer: Optimizer = setting("adamw", "adamw, or lamb for batches of thousands (the reference's)")
     weight_decay: float = setting(0.01, "decoupled weight decay (not on biases and LayerNorm)")
     grad_clip: float = setting(1.0, "clip the global gradient norm to this")
@@ -59,8 +60,6 @@ class TrainConfig(Config):
     model_name: str | None = setting(None, "registered model name (default albert-<preset>)")
 
     def validate(self) -> None:
-        if not self.shards:
-            raise UserError("shards is required (the id printed by `albert shards build`)")
         if self.preset not in PRESETS:
             raise UserError(f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
         if self.model_name is not None:

@@ -87,6 +87,8 @@ def train(cfg: TrainConfig, *, home: Path, resume: str | None = None, progress=p
     from ray.train.torch import TorchTrainer
 
     started = time.perf_counter()
+    if not cfg.shards:
+        raise UserError("shards is required (the id printed by `albert shards build`)")
     manifest = load_manifest(home, cfg.shards)
     tokenizer, tok_manifest = load_tokenizer(home, manifest["tokenizer"]["name"])
     if tokenizer.sha256 != manifest["tokenizer"]["sha256"]:

@@ -1,6 +1,7 @@
 import pytest
 
 from albert_core import AlbertConfig, UserError, count_parameters
+from albert_core.pretraining_data import SopConfig
 
 # Bare-encoder sizes of the published ALBERT v2 models (Hugging Face AlbertModel, V=30000).
 PUBLISHED = {"base": 11_683_584, "large": 17_683_968, "xlarge": 58_724_864, "xxlarge": 222_595_584}
@@ -54,3 +55,24 @@ def test_unknown_preset_lists_choices() -> None:
 def test_dict_round_trip() -> None:
     cfg = AlbertConfig.from_preset("large", sharing="none", vocab_size=8000)
     assert AlbertConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def _every_config() -> list:
+    from data_jobs.config import IngestConfig, ShardsConfig, TokenizerJobConfig
+    from flows.demo import DemoConfig
+    from training.config import TrainConfig
+    from training.sweep import SweepConfig
+
+    return [AlbertConfig.from_preset("tiny", sharing="none"), SopConfig(max_seq_len=64),
+            IngestConfig(encoding="latin-1", layout="wrapped"), TokenizerJobConfig(vocab_size=900, max_memory_gb=2.5),
+            ShardsConfig(max_seq_len=64, masking="dynamic"), TrainConfig(shards="s", model_overrides={"sharing": "ffn"}),
+            SweepConfig(shards="s", lr=(1e-3, 2e-3), model_overrides=({}, {"num_hidden_layers": 2})), DemoConfig()]  # fmt: skip
+
+
+@pytest.mark.parametrize("cfg", _every_config(), ids=lambda c: type(c).__name__)
+def test_every_config_round_trips_through_json_and_rejects_unknown_keys(cfg) -> None:
+    cls = type(cfg)
+    assert cls.from_json(cfg.to_json()) == cfg
+    with pytest.raises(UserError) as error:
+        cls.from_dict({**cfg.to_dict(), "no_such_field": 1})
+    assert "no_such_field" in str(error.value) and "\n" not in str(error.value)

@@ -51,3 +51,67 @@ def test_export_hf_from_preset_loads_in_transformers(tmp_path: Path, capsys: pyt
     hf2 = transformers.AlbertForPreTraining.from_pretrained(out2["outdir"]).eval()
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).sop_logits, hf2(ids).sop_logits)
+
+
+def _help(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_train_help_lists_every_config_field_with_its_default(capsys: pytest.CaptureFixture) -> None:
+    import dataclasses
+
+    from data_jobs.config import IngestConfig, ShardsConfig, TokenizerJobConfig
+    from training.config import TrainConfig
+
+    for argv, cls in ((["train"], TrainConfig), (["ingest"], IngestConfig),
+                      (["shards", "build"], ShardsConfig), (["tokenizer", "train"], TokenizerJobConfig)):  # fmt: skip
+        text = _help(capsys, *argv)
+        for f in dataclasses.fields(cls):
+            assert f"--{f.name.replace('_', '-')}" in text, (argv, f.name)
+    text = " ".join(_help(capsys, "train").split())
+    assert "--lr LR peak learning rate (default: 0.002)" in text
+    assert "--optimizer {lamb,adamw}" in text and "--compile, --no-compile" in text
+
+
+def test_flags_layer_over_config_json_and_bad_values_are_one_line(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flows.cli as cli
+    from training.config import TrainConfig
+
+    seen = {}
+    monkeypatch.setattr("training.run.train", lambda cfg, **_: seen.setdefault("cfg", cfg) and {"ok": 1})
+    given = TrainConfig(shards="s1", lr=1e-3, max_steps=7).to_json()
+    argv = [
+        "train",
+        "--config-json",
+        given,
+        "--max-steps",
+        "9",
+        "--no-compile",
+        "--gpu",
+        "--home",
+        str(tmp_path),
+    ]
+    assert cli.main(argv) == 0
+    assert seen["cfg"] == TrainConfig(shards="s1", lr=1e-3, max_steps=9, use_gpu=True)
+    for argv, needle in [
+        (["train", "--home", str(tmp_path)], "--shards is required"),
+        (["train", "--config-json", '{"shards": "s", "lrr": 1}'], "unknown training config keys: lrr"),
+        (["train", "--config-json", "[1]"], "--config-json: not a JSON object"),
+        (["train", "--shards", "s", "--batch-size", "33"], "must be divisible"),
+        (["shards", "build", "--corpus", "c", "--tokenizer", "t"], "--max-seq-len is required"),
+    ]:
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (argv, err)
+
+
+def test_human_output_shows_nested_metrics() -> None:
+    from flows.cli import _human
+
+    text = _human({"run": "r1", "metrics": {"eval_loss": 7.27912, "eval_sop_acc": 0.5}, "empty": {}})
+    assert text.splitlines() == ["run: r1", "metrics.eval_loss: 7.2791", "metrics.eval_sop_acc: 0.5"]

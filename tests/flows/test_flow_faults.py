@@ -59,7 +59,7 @@ def test_a_failing_middle_task_is_retried_fails_the_flow_and_a_rerun_resumes(
     blocker.parent.mkdir(parents=True)
     blocker.write_text("not a folder")
 
-    failed = ingest_flow(sources, "alice", home=str(home), tokenizer_options=TOKENIZER, shards_options=SHARDS,
+    failed = ingest_flow(sources, "alice", home=str(home), tokenizer_config=TOKENIZER, shards_config=SHARDS,
                          return_state=True)  # fmt: skip
     assert failed.is_failed()
     flow_run_id = failed.state_details.flow_run_id
@@ -78,7 +78,7 @@ def test_a_failing_middle_task_is_retried_fails_the_flow_and_a_rerun_resumes(
     removed: dict = {}
     clearer = threading.Thread(target=remove_when_retry_is_pending, args=(blocker, removed), daemon=True)
     clearer.start()
-    rerun = ingest_flow(sources, "alice", home=str(home), tokenizer_options=TOKENIZER, shards_options=SHARDS,
+    rerun = ingest_flow(sources, "alice", home=str(home), tokenizer_config=TOKENIZER, shards_config=SHARDS,
                         return_state=True)  # fmt: skip
     clearer.join()
     assert removed and rerun.is_completed()

@@ -31,7 +31,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ingested(home: Path, corpora: Path) -> dict:
     return ingest_flow([str(corpora / "wikitext2-valid.raw.txt")], "wiki", home=str(home),
-                       tokenizer_options=TOKENIZER, shards_options=SHARDS)  # fmt: skip
+                       tokenizer_config=TOKENIZER, shards_config=SHARDS)  # fmt: skip
 
 
 def api(path: str, body: dict) -> list[dict]:
@@ -72,7 +72,7 @@ def test_ingest_flow_publishes_then_reruns_from_cache(home: Path, corpora: Path,
     # The same sources again: nothing new is ingested, the vocabulary is kept, the shards come from Prefect's cache,
     # and no event is emitted (no new version).
     state = ingest_flow([str(corpora / "wikitext2-valid.raw.txt")], "wiki", home=str(home),
-                        tokenizer_options=TOKENIZER, shards_options=SHARDS, return_state=True)  # fmt: skip
+                        tokenizer_config=TOKENIZER, shards_config=SHARDS, return_state=True)  # fmt: skip
     again = state.result()
     assert again["ingest"]["version"] is None and "nothing new" in again["ingest"]["message"]
     assert again["tokenizer"]["reused"] is True
@@ -81,11 +81,9 @@ def test_ingest_flow_publishes_then_reruns_from_cache(home: Path, corpora: Path,
 
 
 def test_train_then_promote_flows(home: Path, ingested: dict) -> None:
-    options = {"model_overrides": {"num_hidden_layers": 2}, "eval_every": 20, "checkpoint_every": 20,
-               "model_name": "albert-flows-test"}  # fmt: skip
-    trained = train_flow(
-        corpus="wiki", max_steps=20, home=str(home), options=options
-    )  # newest shards of "wiki"
+    config = {"model_overrides": {"num_hidden_layers": 2}, "eval_every": 20, "checkpoint_every": 20,
+              "model_name": "albert-flows-test", "max_steps": 20}  # fmt: skip
+    trained = train_flow(corpus="wiki", home=str(home), train_config=config)  # newest shards of "wiki"
     assert trained["final_step"] == 20 and trained["model_version"] == 1
     client = MlflowClient(f"sqlite:///{home}/mlflow.db")
     assert client.get_model_version_by_alias("albert-flows-test", "candidate").version in (1, "1")
@@ -96,7 +94,9 @@ def test_train_then_promote_flows(home: Path, ingested: dict) -> None:
 
 
 def test_a_failing_task_fails_the_flow_with_the_reason(home: Path) -> None:
-    state = train_flow(shards="0000000000000000", max_steps=5, home=str(home), return_state=True)
+    state = train_flow(
+        shards="0000000000000000", train_config={"max_steps": 5}, home=str(home), return_state=True
+    )
     assert state.is_failed()
     with pytest.raises(UserError, match="unknown shards '0000000000000000'"):
         state.result()
@@ -144,16 +144,16 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_train_flow_submits_a_ray_job_to_a_cluster(home: Path, ingested: dict, ray_cluster: str) -> None:
-    options = {"model_overrides": {"num_hidden_layers": 2}, "eval_every": 10, "checkpoint_every": 10,
-               "model_name": "albert-flows-job"}  # fmt: skip
-    trained = train_flow(shards=ingested["shards"]["id"], max_steps=10, home=str(home), ray_address=ray_cluster,
-                         options=options)  # fmt: skip
+    config = {"model_overrides": {"num_hidden_layers": 2}, "eval_every": 10, "checkpoint_every": 10,
+              "model_name": "albert-flows-job", "max_steps": 10}  # fmt: skip
+    trained = train_flow(shards=ingested["shards"]["id"], home=str(home), ray_address=ray_cluster,
+                         train_config=config)  # fmt: skip
     assert trained["ray_job_id"].startswith("raysubmit_")
     assert trained["final_step"] == 10 and trained["model_uri"] == "models:/albert-flows-job/1"
     assert MlflowClient(f"sqlite:///{home}/mlflow.db").get_run(trained["run_id"]).info.status == "FINISHED"
 
-    state = train_flow(shards="0000000000000000", max_steps=5, home=str(home), ray_address=ray_cluster,
-                       return_state=True)  # fmt: skip
+    state = train_flow(shards="0000000000000000", train_config={"max_steps": 5}, home=str(home),
+                       ray_address=ray_cluster, return_state=True)  # fmt: skip
     assert state.is_failed()  # the CLI's one line, as a UserError: not retried
     with pytest.raises(UserError, match=r"^unknown shards '0000000000000000'.* \(Ray job raysubmit_\w+\)$"):
         state.result()

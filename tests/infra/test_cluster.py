@@ -155,13 +155,14 @@ def pipeline(stack: Stack, stack_env: dict[str, str], corpora: Path) -> dict[str
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment(train_id)
         client.update_deployment(deployment.id, DeploymentUpdate(parameters={
-            **deployment.parameters, **TRAIN, "options": options, "ray_address": stack.urls["ray_dashboard"],
+            **deployment.parameters, "train_config": TRAIN | options, "ray_address": stack.urls["ray_dashboard"],
         }))  # fmt: skip
+        train_schema = deployment.parameter_openapi_schema  # what the Prefect UI's run form is built from
 
     ingest = run_deployment("albert-ingest/scheduled", timeout=600, poll_interval=3,
-                            parameters={"tokenizer_options": TOKENIZER, "shards_options": SHARDS,
+                            parameters={"tokenizer_config": TOKENIZER, "shards_config": SHARDS,
                                         # units of 0.5 MB: several docs files, so tokenize has tasks to spread
-                                        "ingest_options": {"range_mb": 0.5}})  # fmt: skip
+                                        "ingest_config": {"range_mb": 0.5}})  # fmt: skip
     assert ingest.state is not None and ingest.state.type.value == "COMPLETED", (
         f"ingest flow run {ingest.id} ended {ingest.state}\n{_logs(stack, 'prefect-worker')}"
     )
@@ -188,6 +189,7 @@ def pipeline(stack: Stack, stack_env: dict[str, str], corpora: Path) -> dict[str
         "ingest_run": ingest,
         "train_run": train_run,
         "train_parameters": train_run["parameters"],
+        "train_schema": train_schema,
     }
 
 
@@ -213,7 +215,14 @@ def test_the_event_triggers_training_with_the_deployment_parameters(pipeline: di
     params = pipeline["train_parameters"]
     assert params["promote"] is True and params["home"].endswith("home")
     assert params["shards"] and "{{" not in params["shards"]  # the event's payload, rendered
-    assert params["max_steps"] == TRAIN["max_steps"] and params["ray_address"].startswith("http://127.0.0.1:")
+    assert params["train_config"]["max_steps"] == TRAIN["max_steps"]
+    assert params["ray_address"].startswith("http://127.0.0.1:")
+    # the run form lists every TrainConfig field, typed, with its default
+    from training.config import TrainConfig
+
+    fields = pipeline["train_schema"]["definitions"]["TrainConfig"]["properties"]
+    assert set(fields) == set(TrainConfig.__dataclass_fields__)
+    assert fields["optimizer"]["enum"] == ["lamb", "adamw"] and fields["lr"]["default"] == TrainConfig().lr
 
 
 def test_training_ran_as_a_ray_job_on_both_nodes(stack: Stack, pipeline: dict[str, Any]) -> None:
