@@ -195,35 +195,7 @@ def test_evaluate_model_is_deterministic_and_refuses_another_tokenizer(
         evaluate_model(snapshots[0], home, "0123456789abcdef")
 
 
-# --- the gate ----------------------------------------------------------------------------------------------------
-
-
-def test_policy_judges_direction_margin_and_ties() -> None:
-    policy = PromotionPolicy(metrics=("eval_mlm_acc", "eval_loss"), margin=0.1)
-    champion = {"eval_mlm_acc": 0.30, "eval_loss": 5.0}
-    assert policy.judge({"eval_mlm_acc": 0.45, "eval_loss": 4.8}, champion)[0]
-    passed, why = policy.judge({"eval_mlm_acc": 0.45, "eval_loss": 4.95}, champion)  # loss: lower is better
-    assert not passed and why == "eval_loss: candidate 4.9500, champion 5.0000; needs <= 5.0000 - margin 0.1"
-    passed, why = policy.judge({"eval_mlm_acc": 0.35, "eval_loss": 4.0}, champion)
-    assert not passed and why.startswith("eval_mlm_acc: candidate 0.3500, champion 0.3000; needs >=")
-    assert not PromotionPolicy().judge(
-        {"eval_sop_acc": 0.5, "eval_mlm_acc": 0.2}, {"eval_sop_acc": 0.5, "eval_mlm_acc": 0.2}
-    )[0]
-    assert PromotionPolicy().judge(
-        {"eval_sop_acc": 0.5, "eval_mlm_acc": 0.3}, {"eval_sop_acc": 0.5, "eval_mlm_acc": 0.2}
-    )[0]
-    assert not PromotionPolicy().judge(
-        {"eval_sop_acc": float("nan"), "eval_mlm_acc": 0.3}, {"eval_sop_acc": 0.5, "eval_mlm_acc": 0.2}
-    )[0]
-    for bad in (
-        {"metrics": ("accuracy",)},
-        {"metrics": ()},
-        {"margin": -0.1},
-        {"max_sequences": 0},
-        {"eval_shards": "../x"},
-    ):
-        with pytest.raises(UserError):
-            PromotionPolicy(**bad)
+# --- the gate (the policy's pure judgement alone: tests/training/test_gate.py) -----------------------------------
 
 
 @pytest.mark.usefixtures("uses_ray")
