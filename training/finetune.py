@@ -4,7 +4,8 @@
       -> AlbertForSequenceClassification: the pretrained encoder (every tensor copied) + a new linear head
          (init "random": the same config, tokenizer and head with a freshly initialised encoder, as a control)
       -> AdamW, warmup then linear decay, clipping at 1.0; accuracy and macro-F1 on eval after every epoch
-      -> MLflow run in experiment `albert-finetuning` -> <home>/finetune/<run>/model -> registered pyfunc
+      -> MLflow run in experiment `albert-finetuning` (per-epoch figures through `training.tracking`'s tracker)
+      -> <home>/finetune/<run>/model -> registered pyfunc (`training.registry.register_pyfunc`, as pretraining)
 
 The recipe is the paper's (ALBERT, Lan et al. 2020, section 4.1 and appendix A.4; BERT section 4): a linear layer
 on the pooled `[CLS]` output, cross-entropy, a few epochs, a small learning rate. It runs without Ray: fine-tuning
@@ -28,15 +29,17 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from albert_core.checkpoint import load_model, save_classifier
+from albert_core.checkpoint import load_model, save_classifier, verify_classifier_folder
 from albert_core.errors import UserError
 from albert_core.model import AlbertForPreTraining, AlbertForSequenceClassification
 from albert_core.optim import build_optimizer, lr_scheduler
 from albert_core.storage import read_json, sha256_file, validate_name
 from albert_core.system import available_cores
 from albert_core.tokenizer import SentencePieceTokenizer
+from training import classifier_pyfunc
 from training.classifier_pyfunc import encode_texts, pad_batch
-from training.registry import parse_model_uri
+from training.registry import parse_model_uri, register_pyfunc
+from training.tracking import MlflowTracker
 
 EXPERIMENT = "albert-finetuning"
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -44,6 +47,9 @@ GRAD_CLIP = 1.0  # as in pretraining and the reference `run_classifier.py`
 WEIGHT_DECAY = 0.01  # the reference's AdamWeightDecayOptimizer; not on LayerNorm or biases
 # Metric names shared by the loop, MLflow and tests (logged once per epoch, step = epoch).
 TRAIN_LOSS, EVAL_ACCURACY, EVAL_F1_MACRO = "train_loss", "eval_accuracy", "eval_f1_macro"
+EVAL_MAJORITY_BASELINE = "eval_majority_baseline"  # logged once, at step 0
+# Figures an MLflow outage kept from the run, beside the model folder (`tracking.replay_spilled` logs them).
+METRICS_SPILL = "pending_metrics.jsonl"
 
 Label = str | int | bool
 Init = Literal["pretrained", "random"]
@@ -457,7 +463,11 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
                         "eval_path": _absolute(cfg.eval_path),
                     }
                 )
-                mlflow.log_metric("eval_majority_baseline", majority)
+                # Per-epoch figures go through training's tracker: while the server is unreachable they are
+                # buffered (spilled beside the model at worst) instead of failing the fine-tuning.
+                tracker = MlflowTracker(tracking_uri(home), run_id, flush_every=1, system_metrics=False,
+                                        spill_path=home / "finetune" / run_name / METRICS_SPILL)  # fmt: skip
+                tracker.log({EVAL_MAJORITY_BASELINE: majority}, step=0)
                 progress(f"fine-tuning {cfg.model_uri} (version {pretrained_version or '-'}, init {cfg.init}) "
                          f"into {model_name}: "
                          f"{len(train_rows)} train / {len(eval_rows)} eval texts ({at_limit} train texts at the "
@@ -471,11 +481,12 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
                                               batches, tokenizer.pad_id, device)  # fmt: skip
                     predicted = _predict(model, eval_rows, cfg.batch_size, tokenizer.pad_id, device)
                     accuracy, f1 = accuracy_and_macro_f1(splits.eval_label_ids, predicted)
-                    mlflow.log_metrics(
+                    tracker.log(
                         {TRAIN_LOSS: train_loss, EVAL_ACCURACY: accuracy, EVAL_F1_MACRO: f1}, step=epoch
                     )
                     progress(f"epoch {epoch}/{cfg.epochs}: train_loss {train_loss:.4f}  eval_accuracy "
                              f"{accuracy:.4f}  eval_f1_macro {f1:.4f}  (majority {majority:.4f})")  # fmt: skip
+                tracker.close()  # delivers what an outage held back, before the model is registered
 
                 model_dir = home / "finetune" / run_name / "model"
                 save_classifier(
@@ -486,7 +497,7 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
                     tokenizer_dir=pretrained_dir / "tokenizer",
                     metadata={"run_name": run_name, **lineage},
                 )
-                registered = _log_and_register(
+                registered = _register_classifier(
                     model_dir, run_id=run_id, model_name=model_name, tags={"run_name": run_name, **lineage}
                 )
     finally:
@@ -510,37 +521,20 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
     }
 
 
-def _log_and_register(
+def _register_classifier(
     model_dir: Path, *, run_id: str, model_name: str, tags: dict[str, str]
 ) -> dict[str, Any]:
-    """Log the classifier folder as a pyfunc of the active run (the file `classifier_pyfunc.py` as its code,
-    `albert_core` as code paths, as `registry.log_and_register` does for pretraining models) and register it as
-    a new version of `model_name` with alias `candidate`."""
-    import mlflow
-
-    import albert_core
-    from albert_core.checkpoint import verify_classifier_folder
-    from training import classifier_pyfunc
-    from training.registry import CANDIDATE, pip_requirements, retry_transient
-
-    manifest = verify_classifier_folder(model_dir)
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=classifier_pyfunc.__file__,
-        artifacts={"model": str(model_dir)},
-        code_paths=[str(Path(albert_core.__file__).parent)],
+    """Log the classifier folder as the pyfunc of run `run_id` (the file `classifier_pyfunc.py` as its code) and
+    register it as a new version of `model_name` aliased `candidate`, the way pretraining models are."""
+    manifest = verify_classifier_folder(model_dir)  # a corrupt folder fails here, before anything is uploaded
+    registered = register_pyfunc(
+        model_dir,
+        run_id=run_id,
+        model_name=model_name,
+        code_file=classifier_pyfunc.__file__,
         signature=classifier_pyfunc.SIGNATURE,
         input_example=classifier_pyfunc.input_example(),
-        pip_requirements=pip_requirements(),
+        weights_sha256=manifest["files"]["model.safetensors"],
+        tags=tags,
     )
-    version_tags = {**tags, "run_id": run_id, "model_sha256": manifest["files"]["model.safetensors"]}
-    # Not retried: creating a version is not idempotent (see registry.log_and_register).
-    version = int(mlflow.register_model(info.model_uri, model_name, tags=version_tags).version)
-    client = mlflow.MlflowClient()
-    retry_transient(lambda: client.set_registered_model_alias(model_name, CANDIDATE, str(version)))
-    return {
-        "model_name": model_name,
-        "model_uri": f"models:/{model_name}/{version}",
-        "alias_uri": f"models:/{model_name}@{CANDIDATE}",
-        "model_version": version,
-    }
+    return {"model_name": model_name, **registered}

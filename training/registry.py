@@ -123,21 +123,65 @@ def log_and_register(
     manifest = verify_model_folder(model_dir)  # a corrupt folder fails here, before anything is uploaded
     if not (model_dir / "tokenizer").is_dir():
         raise UserError(f"{model_dir} has no tokenizer/ folder: the served model needs it to read text")
-    version_tags = {**(tags or {}), "run_id": run_id, "model_sha256": manifest["files"]["model.safetensors"]}
+
+    def log_hf_export() -> dict[str, str]:
+        where = _log_hf_export(model_dir, run_id) if hf_export else "skipped: not requested"
+        mlflow.set_tag(HF_EXPORT_TAG, where)
+        return {HF_EXPORT_TAG: where}
+
+    registered = register_pyfunc(
+        model_dir,
+        run_id=run_id,
+        model_name=model_name,
+        code_file=pyfunc_model.__file__,
+        signature=pyfunc_model.SIGNATURE,
+        input_example=(pyfunc_model.input_example(), {"top_k": pyfunc_model.DEFAULT_TOP_K}),
+        weights_sha256=manifest["files"]["model.safetensors"],
+        tags=tags or {},
+        also_log=log_hf_export,
+    )
+    return {**registered, "run_id": run_id}
+
+
+def register_pyfunc(
+    model_dir: Path,
+    *,
+    run_id: str,
+    model_name: str,
+    code_file: str,
+    signature: Any,
+    input_example: Any,
+    weights_sha256: str,
+    tags: dict[str, str],
+    also_log: Callable[[], dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Log a verified model folder as the `model` pyfunc of run `run_id` and register it as a new version of
+    `model_name` aliased `candidate`: how every model this project trains (pretraining, fine-tuning) reaches
+    the registry. What differs between them is the arguments.
+
+    `code_file`: the pyfunc's source file, logged as the model's code ("models from code"), with `signature`
+    and `input_example`; `albert_core` goes along as code paths and this environment's `pip_requirements`, so
+    the model loads without this project. The folder is the artifact `model`. `also_log` runs inside the run
+    after the model is logged and returns more version tags. Version tags: `tags`, `run_id`, `model_sha256`
+    (`weights_sha256`, which `download_model` checks), then `also_log`'s.
+
+    Uses the tracking and registry URIs set by `configure_mlflow`.
+    """
+    import mlflow
+
+    version_tags = {**tags, "run_id": run_id, "model_sha256": weights_sha256}
     with _in_run(run_id):
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=pyfunc_model.__file__,
+            python_model=code_file,
             artifacts={"model": str(model_dir)},
             code_paths=[str(Path(albert_core.__file__).parent)],
-            signature=pyfunc_model.SIGNATURE,
-            input_example=(pyfunc_model.input_example(), {"top_k": pyfunc_model.DEFAULT_TOP_K}),
+            signature=signature,
+            input_example=input_example,
             pip_requirements=pip_requirements(),
         )
-        version_tags[HF_EXPORT_TAG] = (
-            _log_hf_export(model_dir, run_id) if hf_export else "skipped: not requested"
-        )
-        mlflow.set_tag(HF_EXPORT_TAG, version_tags[HF_EXPORT_TAG])
+        if also_log is not None:
+            version_tags.update(also_log())
     # Not retried: creating a version is not idempotent, and a retry after a lost reply would add a second one.
     # register_model creates the registered model when missing and tolerates a concurrent creation.
     version = int(mlflow.register_model(info.model_uri, model_name, tags=version_tags).version)
@@ -147,7 +191,6 @@ def log_and_register(
         "model_uri": f"models:/{model_name}/{version}",
         "alias_uri": f"models:/{model_name}@{CANDIDATE}",
         "model_version": version,
-        "run_id": run_id,
     }
 
 
