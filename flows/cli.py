@@ -257,12 +257,7 @@ def cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from training.finetune import FinetuneConfig, finetune
 
     home = _registry(args)
-    flags = ("epochs", "batch_size", "lr", "max_seq_len", "warmup_ratio", "threads", "seed", "model_name",
-             "init")  # fmt: skip
-    given = {k: getattr(args, k) for k in flags if getattr(args, k) is not None}
-    cfg = FinetuneConfig(model_uri=args.model, train_path=args.train, eval_path=args.eval,
-                         text_field=args.text_field, label_field=args.label_field, **given)  # fmt: skip
-    return finetune(cfg, home=home, progress=progress)
+    return finetune(config_from_args(FinetuneConfig, args), home=home, progress=progress)
 
 
 def cmd_doctor(args: argparse.Namespace) -> dict[str, Any]:
@@ -288,7 +283,7 @@ def cmd_flows_deploy(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     from data_jobs.config import IngestConfig, ShardsConfig, TokenizerJobConfig
-    from training.config import TrainConfig
+    from training.config import FinetuneConfig, TrainConfig
 
     parser = argparse.ArgumentParser(prog="albert", description="ALBERT data-and-training pipeline")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -420,22 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
 
     p = command(sub, "finetune", cmd_finetune, "fine-tune a registered model for text classification")
-    p.add_argument("--model", required=True, help="pretrained model URI (models:/NAME@ALIAS) or folder")
-    p.add_argument("--train", required=True, help="JSONL, CSV or Parquet file")
-    p.add_argument("--eval", required=True, help="JSONL, CSV or Parquet file")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--label-field", default="label")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--max-seq-len", type=int)
-    p.add_argument("--warmup-ratio", type=float)
-    p.add_argument("--threads", type=int, help="torch threads (default: every core this process may use)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--model-name", help="registered name of the classifier")
-    p.add_argument("--init", choices=("pretrained", "random"),
-                   help="encoder weights: the pretrained model's (default), or freshly initialised with the same "
-                        "config and tokenizer (the control that measures what pretraining is worth)")  # fmt: skip
+    p.add_argument(
+        "--model",
+        dest="model_uri",
+        required=True,
+        help="pretrained model: models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a folder",
+    )
+    p.add_argument(
+        "--train", dest="train_path", required=True, help="training examples: JSONL, CSV or Parquet"
+    )
+    p.add_argument("--eval", dest="eval_path", required=True, help="held-out examples: JSONL, CSV or Parquet")
+    add_config_flags(p, FinetuneConfig, skip=("model_uri", "train_path", "eval_path"))
 
     flows = sub.add_parser("flows", help="Prefect deployments").add_subparsers(
         dest="flows_command", required=True

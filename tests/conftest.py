@@ -113,3 +113,19 @@ def _no_log_handler_on_a_closed_stream():
         for handler in getattr(logger, "handlers", []):
             if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
                 handler.stream = sys.__stderr__  # not setStream: it flushes the closed stream first
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Prefect stops its temporary API server at interpreter exit and logs that through a handler on a stream
+    pytest has closed by then ("--- Logging error ---" after the summary): stop it while the streams are open."""
+    server = sys.modules.get("prefect.server.api.server")
+    if server is None:
+        return
+    logging.disable(
+        logging.INFO
+    )  # its "Stopping temporary server" line would go to that server's own log API
+    try:
+        for instance in list(server.SubprocessASGIServer._instances.values()):
+            instance.stop()
+    finally:
+        logging.disable(logging.NOTSET)

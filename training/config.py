@@ -1,9 +1,12 @@
-"""The one typed configuration of a pretraining run, shared by the CLI, the driver, the workers and MLflow."""
+"""The training package's configs (a leaf module: the CLI, the flows, the driver, the workers and MLflow read
+them): a pretraining run, and a fine-tuning run."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args
 
 from albert_core.config import PRESETS
 from albert_core.config_base import Config, setting
@@ -94,3 +97,99 @@ class TrainConfig(Config):
     @property
     def registered_model_name(self) -> str:
         return self.model_name or f"albert-{self.preset}"
+
+
+Init = Literal["pretrained", "random"]
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, int | None]:
+    """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/V`."""
+    body = model_uri.removeprefix("models:/")
+    if body == model_uri or not body:
+        raise UserError(f"{model_uri!r} is not a registered model URI (models:/NAME@ALIAS or models:/NAME/V)")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, alias, None
+    name, _, version = body.partition("/")
+    if not version.isdigit():
+        raise UserError(f"{model_uri!r}: the version must be a number (models:/NAME/V)")
+    return name, None, int(version)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(Config):
+    config_kind: ClassVar[str] = "fine-tuning config"
+
+    model_uri: str = setting(
+        help="pretrained model: models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a folder"
+    )
+    train_path: str | Path = setting(help="training examples: JSONL, CSV or Parquet")
+    eval_path: str | Path = setting(help="held-out examples: JSONL, CSV or Parquet")
+    text_field: str = setting("text", "field holding the text")
+    label_field: str = setting("label", "field holding the label")
+    epochs: int = setting(3, "passes over the training examples")
+    batch_size: int = setting(32, "examples per step")
+    # ALBERT's GLUE/SQuAD runs (paper appendix A.4) use 1e-5..5e-5, for base to xxlarge. The presets this
+    # project pretrains on CPU are far smaller (tiny: H=128, mini: H=256); for BERTs of that size Google's
+    # small-model release (google-research/bert README, Turc et al. 2019) picks from 3e-5..3e-4 over 4 epochs,
+    # and a fresh head learns little at 2e-5 in 3 epochs. 1e-4 is the middle of that grid; pass 2e-5 for base+.
+    lr: float = setting(1e-4, "peak learning rate (2e-5 for base and larger)")
+    max_seq_len: int = setting(128, "tokens per example, [CLS] and [SEP] included")
+    warmup_ratio: float = setting(0.1, "share of all steps spent warming up (BERT/ALBERT fine-tuning: 10%)")
+    seed: int = setting(0, "head init, data order, dropout")
+    threads: int | None = setting(None, "torch threads (default: every core this process may use)")
+    model_name: str | None = setting(
+        None,
+        'registered name of the classifier (default "<pretrained name>-classifier", or "albert-classifier")',
+    )
+    # "random" is the control that measures what pretraining is worth: the same classifier (the pretrained model's
+    # config and tokenizer, the same seed, head, data, steps and schedule) with the encoder freshly initialised.
+    init: Init = setting("pretrained", "encoder weights: the pretrained model's, or random (the control)")
+
+    def __post_init__(self) -> None:  # its own checks only: their messages name each field's valid range
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("model_uri", "text_field", "label_field"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise UserError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if self.text_field == self.label_field:
+            raise UserError(f"text_field and label_field are both {self.text_field!r}")
+        for name in ("train_path", "eval_path"):
+            if not isinstance(getattr(self, name), str | Path) or not str(getattr(self, name)):
+                raise UserError(f"{name} must be a file path, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_seq_len < 3:
+            raise UserError(f"max_seq_len must be >= 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not 0 < self.lr < math.inf:
+            raise UserError(f"lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.warmup_ratio, bool) or not isinstance(self.warmup_ratio, int | float):
+            raise UserError(f"warmup_ratio must be a number in [0, 1), got {self.warmup_ratio!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
+            raise UserError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.model_name is not None:
+            validate_name(self.model_name, "model name")
+        if self.init not in get_args(Init):
+            raise UserError(f"init must be one of {', '.join(get_args(Init))}, got {self.init!r}")
+        if self.model_uri.startswith("models:/"):
+            parse_model_uri(self.model_uri)  # a malformed URI fails here, with the other config mistakes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in super().to_dict().items()}
+
+    @property
+    def registered_model_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        if self.model_uri.startswith("models:/"):
+            return validate_name(f"{parse_model_uri(self.model_uri)[0]}-classifier", "model name")
+        return "albert-classifier"

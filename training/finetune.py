@@ -15,7 +15,6 @@ logged, so a wrong field name or a label seen only in eval fails in a second wit
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import tempfile
@@ -25,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 
@@ -33,11 +32,12 @@ from albert_core.checkpoint import load_model, save_classifier, verify_classifie
 from albert_core.errors import UserError
 from albert_core.model import AlbertForPreTraining, AlbertForSequenceClassification
 from albert_core.optim import build_optimizer, lr_scheduler
-from albert_core.storage import read_json, sha256_file, validate_name
+from albert_core.storage import read_json, sha256_file
 from albert_core.system import available_cores
 from albert_core.tokenizer import SentencePieceTokenizer
 from training import classifier_pyfunc
 from training.classifier_pyfunc import encode_texts, pad_batch
+from training.config import FinetuneConfig, Init  # noqa: F401  (FinetuneConfig re-exported)
 from training.registry import parse_model_uri, register_pyfunc
 from training.tracking import MlflowTracker
 
@@ -52,81 +52,6 @@ EVAL_MAJORITY_BASELINE = "eval_majority_baseline"  # logged once, at step 0
 METRICS_SPILL = "pending_metrics.jsonl"
 
 Label = str | int | bool
-Init = Literal["pretrained", "random"]
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    model_uri: str  # models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a local model folder
-    train_path: str | Path
-    eval_path: str | Path
-    text_field: str = "text"
-    label_field: str = "label"
-    epochs: int = 3
-    batch_size: int = 32
-    # ALBERT's GLUE/SQuAD runs (paper appendix A.4) use 1e-5..5e-5, for base to xxlarge. The presets this
-    # project pretrains on CPU are far smaller (tiny: H=128, mini: H=256); for BERTs of that size Google's
-    # small-model release (google-research/bert README, Turc et al. 2019) picks from 3e-5..3e-4 over 4 epochs,
-    # and a fresh head learns little at 2e-5 in 3 epochs. 1e-4 is the middle of that grid; pass 2e-5 for base+.
-    lr: float = 1e-4
-    max_seq_len: int = 128
-    warmup_ratio: float = 0.1  # share of all steps spent warming up (BERT/ALBERT fine-tuning: 10%)
-    seed: int = 0
-    threads: int | None = None  # torch threads; default: the cores this process may use
-    # Registered name of the classifier; default "<pretrained name>-classifier", or "albert-classifier" for a folder.
-    model_name: str | None = None
-    # "pretrained": the encoder's weights are the pretrained model's. "random": the control that measures what
-    # pretraining is worth, the same classifier (the pretrained model's config and tokenizer, the same seed, head,
-    # data, steps and schedule) with the encoder freshly initialised instead of copied.
-    init: Init = "pretrained"
-
-    def __post_init__(self) -> None:
-        for name in ("model_uri", "text_field", "label_field"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise UserError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
-        if self.text_field == self.label_field:
-            raise UserError(f"text_field and label_field are both {self.text_field!r}")
-        for name in ("train_path", "eval_path"):
-            if not isinstance(getattr(self, name), str | Path) or not str(getattr(self, name)):
-                raise UserError(f"{name} must be a file path, got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "max_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_seq_len < 3:
-            raise UserError(f"max_seq_len must be >= 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not 0 < self.lr < math.inf:
-            raise UserError(f"lr must be a positive number, got {self.lr!r}")
-        if isinstance(self.warmup_ratio, bool) or not isinstance(self.warmup_ratio, int | float):
-            raise UserError(f"warmup_ratio must be a number in [0, 1), got {self.warmup_ratio!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UserError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
-            raise UserError(f"threads must be a positive integer, got {self.threads!r}")
-        if self.model_name is not None:
-            validate_name(self.model_name, "model name")
-        if self.init not in get_args(Init):
-            raise UserError(f"init must be one of {', '.join(get_args(Init))}, got {self.init!r}")
-        if self.model_uri.startswith("models:/"):
-            parse_model_uri(self.model_uri)  # a malformed URI fails here, with the other config mistakes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self).items()}
-
-    @property
-    def registered_model_name(self) -> str:
-        if self.model_name:
-            return self.model_name
-        if self.model_uri.startswith("models:/"):
-            return validate_name(f"{parse_model_uri(self.model_uri)[0]}-classifier", "model name")
-        return "albert-classifier"
-
-
-# --- data ------------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import albert_core
 from albert_core.checkpoint import load_model, verify_model_folder
 from albert_core.errors import UserError
 from albert_core.storage import validate_name
+from training.config import parse_model_uri  # noqa: F401  (re-exported: callers import it from here)
 
 CANDIDATE = "candidate"
 HF_EXPORT_TAG = "hf_export"  # where the Hugging Face export was logged (`runs:/<id>/hf`), or "skipped: <why>"
@@ -232,20 +233,6 @@ def download_model(model_uri: str, dst: Path | None = None) -> Path:
             f"{model_uri}: weights differ from the sha256 recorded when the version was registered"
         )
     return folder
-
-
-def parse_model_uri(model_uri: str) -> tuple[str, str | None, int | None]:
-    """(name, alias, version) of `models:/NAME@ALIAS` or `models:/NAME/V`."""
-    body = model_uri.removeprefix("models:/")
-    if body == model_uri or not body:
-        raise UserError(f"{model_uri!r} is not a registered model URI (models:/NAME@ALIAS or models:/NAME/V)")
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return name, alias, None
-    name, _, version = body.partition("/")
-    if not version.isdigit():
-        raise UserError(f"{model_uri!r}: the version must be a number (models:/NAME/V)")
-    return name, None, int(version)
 
 
 def _registered_sha256(model_uri: str) -> str | None:

@@ -64,13 +64,14 @@ def test_train_help_lists_every_config_field_with_its_default(capsys: pytest.Cap
     import dataclasses
 
     from data_jobs.config import IngestConfig, ShardsConfig, TokenizerJobConfig
-    from training.config import TrainConfig
+    from training.config import FinetuneConfig, TrainConfig
 
-    for argv, cls in ((["train"], TrainConfig), (["ingest"], IngestConfig),
+    for argv, cls in ((["train"], TrainConfig), (["ingest"], IngestConfig), (["finetune"], FinetuneConfig),
                       (["shards", "build"], ShardsConfig), (["tokenizer", "train"], TokenizerJobConfig)):  # fmt: skip
         text = _help(capsys, *argv)
+        renamed = {"model_uri": "--model", "train_path": "--train", "eval_path": "--eval"}
         for f in dataclasses.fields(cls):
-            assert f"--{f.name.replace('_', '-')}" in text, (argv, f.name)
+            assert renamed.get(f.name, f"--{f.name.replace('_', '-')}") in text, (argv, f.name)
     text = " ".join(_help(capsys, "train").split())
     assert "--lr LR peak learning rate (default: 0.002)" in text
     assert "--optimizer {lamb,adamw}" in text and "--compile, --no-compile" in text

@@ -218,10 +218,12 @@ def test_the_event_triggers_training_with_the_deployment_parameters(pipeline: di
     assert params["train_config"]["max_steps"] == TRAIN["max_steps"]
     assert params["ray_address"].startswith("http://127.0.0.1:")
     # the run form lists every TrainConfig field, typed, with its default
+    import dataclasses
+
     from training.config import TrainConfig
 
     fields = pipeline["train_schema"]["definitions"]["TrainConfig"]["properties"]
-    assert set(fields) == set(TrainConfig.__dataclass_fields__)
+    assert set(fields) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert fields["optimizer"]["enum"] == ["lamb", "adamw"] and fields["lr"]["default"] == TrainConfig().lr
 
 
