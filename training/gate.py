@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
+from albert_core.config_base import Config
 from albert_core.errors import UserError
 from albert_core.storage import validate_name
 
@@ -40,7 +42,7 @@ def check_max_sequences(value: int | None) -> None:
 
 
 @dataclass(frozen=True)
-class PromotionPolicy:
+class PromotionPolicy(Config):
     """When a candidate replaces the champion: on each of `metrics` it improves by at least `margin` (accuracies
     up, losses down; one margin in each metric's own units) and on at least one it is strictly better.
 
@@ -53,7 +55,9 @@ class PromotionPolicy:
     eval_shards: str | None = None
     max_sequences: int | None = None
 
-    def __post_init__(self) -> None:
+    config_kind: ClassVar[str] = "promotion policy"
+
+    def __post_init__(self) -> None:  # its own checks only: their messages name each field's valid range
         metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics)
         object.__setattr__(self, "metrics", metrics)
         unknown = [m for m in metrics if m not in EVAL_METRICS]

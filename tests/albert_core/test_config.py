@@ -61,13 +61,15 @@ def _every_config() -> list:
     from data_jobs.config import IngestConfig, ShardsConfig, TokenizerJobConfig
     from flows.demo import DemoConfig
     from training.config import FinetuneConfig, TrainConfig
+    from training.gate import PromotionPolicy
     from training.sweep import SweepConfig
 
     return [AlbertConfig.from_preset("tiny", sharing="none"), SopConfig(max_seq_len=64),
             IngestConfig(encoding="latin-1", layout="wrapped"), TokenizerJobConfig(vocab_size=900, max_memory_gb=2.5),
             ShardsConfig(max_seq_len=64, masking="dynamic"), TrainConfig(shards="s", model_overrides={"sharing": "ffn"}),
             SweepConfig(shards="s", lr=(1e-3, 2e-3), model_overrides=({}, {"num_hidden_layers": 2})), DemoConfig(),
-            FinetuneConfig(model_uri="models:/m@champion", train_path="t.jsonl", eval_path="e.jsonl", init="random")]  # fmt: skip
+            FinetuneConfig(model_uri="models:/m@champion", train_path="t.jsonl", eval_path="e.jsonl", init="random"),
+            PromotionPolicy(metrics=("eval_loss",), margin=0.01, max_sequences=64)]  # fmt: skip
 
 
 @pytest.mark.parametrize("cfg", _every_config(), ids=lambda c: type(c).__name__)
