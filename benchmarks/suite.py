@@ -65,6 +65,8 @@ BENCHMARKS = (
     Benchmark("train_scaling", ("P6",), shared_home=True),
     # `albert train` vs HF Trainer to the same held-out MLM loss, same wall-clock budget (full ~6 min, quick ~4).
     Benchmark("time_to_quality", ("P8",), shared_home=True),
+    # the book classifier fine-tuned from `albert train`'s model and from a random init, several seeds (~10 min)
+    Benchmark("transfer", ("P10_transfer",), shared_home=True),
     # 10 MB to 1 GB through the CLI (--quick: 10 and 100 MB, a few minutes; the full run needs ~20 GB of memory
     # until ingestion and the SentencePiece job are bounded).
     Benchmark("scale", ("P9_rss", "P9_rss_growth", "P9_throughput", "P9_e2e")),
@@ -221,6 +223,25 @@ def _time_to_quality(data: dict[str, Any]) -> Reading:
     return Reading(ratio, ratio, ratio, raw=raw, figures=figures)
 
 
+def _transfer(data: dict[str, Any]) -> Reading:
+    """(pretrained - random accuracy) / (3 standard errors of the eval set), over the fine-tuning seeds; the seeds'
+    own ratios give the spread. A collapsed pretrained encoder (too little pretraining) is not a measurement."""
+    pretraining = data["setup"]["pretraining"]
+    if pretraining.get("collapsed"):
+        raise NotRun("the pretrained encoder collapsed (too few pretraining steps for this measurement)")
+    r = data["result"]
+    seeds = [s["difference"] / s["margin"] for s in r["per_seed"]]
+    raw = {
+        k: r[k]
+        for k in ("difference", "standard_error", "z", "seeds", "seed_difference_sd", "majority_baseline")
+    }
+    raw |= {"pretrained_accuracy": r["pretrained"]["accuracy"], "random_accuracy": r["random"]["accuracy"],
+            "pretraining_steps": pretraining.get("steps")}  # fmt: skip
+    figures = (f"pretrained {r['pretrained']['accuracy']:.3f} vs random init {r['random']['accuracy']:.3f} "
+               f"(z {r['z']:.1f}, {len(seeds)} seeds)")  # fmt: skip
+    return Reading(r["ratio"], min(seeds), max(seeds), raw=raw, figures=figures)
+
+
 def _scale(key: str) -> Adapter:
     """The P9 goals as the scale benchmark evaluated them (the largest size measured against the one before)."""
 
@@ -260,6 +281,8 @@ GOALS = (
     Goal("P9_throughput", "every data stage's MB/s at 1 GB >= at 100 MB", 1.0, "scale", _scale("P9_throughput")),
     Goal("P9_e2e", "ingest + tokenize + shards >= 2 MB/s per core at 1 GB", 2.0, "scale", _scale("P9_e2e"),
          unit="MB/s per core"),
+    Goal("P10_transfer", "fine-tuning from pretraining beats random init by >= 3 standard errors (books)", 1.0,
+         "transfer", _transfer, unit="x (gain / 3 SE)"),
 )  # fmt: skip
 
 # --- the summary -------------------------------------------------------------------------------------------------

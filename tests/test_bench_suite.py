@@ -79,6 +79,14 @@ RESULTS = {
                    "seconds": {"hf_s": 148.0, "ours_s": 74.0, "ours_reached": True, "ratio": 2.0},
                    "seconds_from_first_step": {"hf_s": 135.0, "ours_s": 24.0, "ours_reached": True, "ratio": 5.6}},
     },
+    # as benchmarks.transfer writes it: two fine-tuning seeds, each gain over 3 standard errors of the eval set
+    "transfer": {
+        "quick": False, "env": ENV, "setup": {"pretraining": {"steps": 600, "collapsed": False}},
+        "result": {"pretrained": {"accuracy": 0.5}, "random": {"accuracy": 0.38}, "majority_baseline": 0.25,
+                   "difference": 0.12, "standard_error": 0.02, "z": 6.0, "ratio": 2.0, "seeds": [0, 1],
+                   "seed_difference_sd": 0.05,
+                   "per_seed": [{"difference": 0.06, "margin": 0.06}, {"difference": 0.18, "margin": 0.06}]},
+    },
     # as benchmarks.scale writes them: evaluated there, 100 vs 10 MB in a quick run
     "scale": {
         "quick": True, "env": ENV,
@@ -109,7 +117,7 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
     summary = suite.write_summary(paths)
     assert list(summary) == ["P1_spm", "P1_hf", "P2_speed", "P2_rss", "P3", "P4_static", "P4_dynamic",
                              "P5_demo", "P5_demo_quick", "P6", "P8", "P9_rss", "P9_rss_growth",
-                             "P9_throughput", "P9_e2e"]  # fmt: skip
+                             "P9_throughput", "P9_e2e", "P10_transfer"]  # fmt: skip
     assert json.loads((paths.results / "summary.json").read_text()) == summary
 
     assert summary["P1_spm"]["ratio"] == spread(0.89, 0.8, 0.95) and summary["P1_spm"]["met"] is True
@@ -131,6 +139,11 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
     # time to quality: HF's seconds over ours' to HF's final loss, from command launch; at least 3x
     assert summary["P8"]["ratio"] == spread(2.0, 2.0, 2.0) and summary["P8"]["met"] is False
     assert summary["P8"]["raw"]["ratio_from_first_step"] == 5.6 and "ours 74 s" in summary["P8"]["figures"]
+    # transfer: the gain in units of 3 standard errors, the seeds' own ratios as the spread
+    assert (
+        summary["P10_transfer"]["ratio"] == spread(2.0, 1.0, 3.0) and summary["P10_transfer"]["met"] is True
+    )
+    assert "pretrained 0.500 vs random init 0.380" in summary["P10_transfer"]["figures"]
     # scale: GB at most 3, growth at most 1.5x, MB/s per core at least 2; a failed stage says which
     assert summary["P9_rss"]["ratio"]["median"] == 2.5 and summary["P9_rss"]["met"] is True
     assert summary["P9_rss"]["unit"] == "GB" and "quick: no 1 GB run" in summary["P9_rss"]["figures"]
@@ -138,7 +151,7 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
     assert summary["P9_throughput"]["status"] == "not run: tokenize failed at 100 MB: exit code 1: out of memory"  # fmt: skip
 
     md = (paths.results / "summary.md").read_text()
-    assert md.count("\n| P") == 15 and "**missed**" in md and "| P6 |" in md
+    assert md.count("\n| P") == 16 and "**missed**" in md and "| P6 |" in md
 
 
 def test_failed_and_unreadable_benchmarks_are_not_trusted(paths: suite.Paths) -> None:
