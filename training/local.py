@@ -23,7 +23,7 @@ from data_jobs.tokenizer_job import load_tokenizer
 from training import tracking as m
 from training.batches import BatchSpec, batch_spec, summarize, to_model_inputs
 from training.config import TrainConfig
-from training.step import build, eval_sums, model_config, optimizer_step
+from training.step import build, eval_sums, model_config, training_steps
 
 MODEL_COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_ids",
                  "masked_lm_weights", "word_start", "sop_label", "doc_id", "pass_index", "index")  # fmt: skip
@@ -117,16 +117,17 @@ def train_local(
                          shuffle_buffer=cfg.shuffle_buffer)  # fmt: skip
     tracker = tracker or m.NullTracker()
     run = LocalRun(model)
+
+    def evaluate() -> dict[str, float]:
+        batches = table_batches(held_out, spec, cfg.per_worker_batch)
+        return summarize(eval_sums(model, batches, cfg.precision, device).cpu(), prefix="eval_")
+
     started = time.perf_counter()
-    for step in range(1, cfg.max_steps + 1):
-        result = optimizer_step(model, optimizer, scheduler, scaler, data, cfg, device)
-        stats = result.stats.cpu()
-        metrics = {**summarize(stats), m.LR: result.lr, m.GRAD_NORM: float(result.grad_norm)}
-        if held_out is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            batches = table_batches(held_out, spec, cfg.per_worker_batch)
-            metrics.update(summarize(eval_sums(model, batches, cfg.precision, device).cpu(), prefix="eval_"))
-            if on_eval is not None:
-                on_eval({"step": step, **metrics})
+    steps = training_steps(model, optimizer, scheduler, scaler, data, cfg, device,
+                           evaluate=evaluate if held_out is not None else None)  # fmt: skip
+    for step, metrics, _, _ in steps:
+        if on_eval is not None and m.EVAL_LOSS in metrics:
+            on_eval({"step": step, **metrics})
         tracker.log(metrics, step)
         run.history.append({"step": step, "seconds": time.perf_counter() - started, **metrics})
     tracker.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,10 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from albert_core import AlbertConfig
 from albert_core.system import available_cores
 from training import tracking as m
-from training.batches import STATS, BatchSpec, summarize, to_model_inputs
+from training.batches import BatchSpec, summarize, to_model_inputs
 from training.checkpointing import TrainState, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.step import build, eval_sums, optimizer_step
+from training.step import build, eval_sums, training_steps
 
 
 def all_reduce(t: torch.Tensor) -> torch.Tensor:
@@ -118,25 +117,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     data = micro_batches(train_shard, spec, cfg, state, rank)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     no_sync = getattr(ddp_model, "no_sync", contextlib.nullcontext)  # one worker: no DDP wrapper
-    while state.step < cfg.max_steps:
-        step_start = time.perf_counter()
-        result = optimizer_step(ddp_model, optimizer, scheduler, scaler, data, cfg, device, no_sync)
-        state.step += 1
-        totals = all_reduce(
-            torch.cat([result.stats, result.tokens.view(1)])
-        ).cpu()  # the step's one host sync
-        state.tokens_seen += int(totals[-1])
-        elapsed = time.perf_counter() - step_start
-        state.train_seconds += elapsed
-        metrics = {
-            **summarize(totals[:-1]),
-            m.LR: result.lr,
-            m.GRAD_NORM: float(result.grad_norm),
-            m.TOKENS_PER_S: float(totals[-1]) / elapsed,
-            m.SAMPLES_PER_S: float(totals[STATS.index("sequences")]) / elapsed,
-        }
-        if state.step % cfg.eval_every == 0 or state.step == cfg.max_steps:
-            metrics.update(evaluate(ddp_model, eval_shard, spec, cfg, device))
+    steps = training_steps(ddp_model, optimizer, scheduler, scaler, data, cfg, device, first_step=state.step + 1,
+                           no_sync=no_sync, reduce=all_reduce,
+                           evaluate=lambda: evaluate(ddp_model, eval_shard, spec, cfg, device))  # fmt: skip
+    for state.step, metrics, seconds, tokens in steps:
+        state.train_seconds += seconds
+        state.tokens_seen += tokens
         tracker.log(metrics, state.step)
 
         last = state.step == cfg.max_steps

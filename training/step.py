@@ -1,21 +1,26 @@
-"""One optimizer step and one evaluation pass, in plain PyTorch: no Ray, no MLflow.
+"""The training step, the step loop and one evaluation pass, in plain PyTorch: no Ray, no MLflow.
 
-The Ray Train worker loop (`training.loop`), the single-process runner (`training.local`) and promotion's
-evaluation share these, so every figure they log is summed the same way (`training.batches.STATS`).
+`training_steps` is the loop at any world size: the Ray Train worker loop (`training.loop`) runs it with DDP's
+`no_sync` and an all-reduce and adds checkpoints and reports; the single-process runner (`training.local`) runs
+it as it is. Promotion's evaluation shares `eval_sums`, so every figure is summed the same way
+(`training.batches.STATS`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.optim import build_optimizer, lr_scheduler
-from training.batches import STATS, batch_stats
+from training import tracking as m
+from training.batches import STATS, batch_stats, summarize
 from training.config import TrainConfig
 
 
@@ -94,6 +99,47 @@ def optimizer_step(
     lr = scheduler.get_last_lr()[0]
     scheduler.step()
     return StepResult(stats, tokens, grad_norm.detach(), lr)
+
+
+class Step(NamedTuple):
+    step: int
+    figures: dict[str, float]
+    seconds: float  # training only, not evaluation
+    tokens: int  # real tokens fed, over all ranks
+
+
+def training_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    data: Iterator[dict[str, torch.Tensor]],
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    first_step: int = 1,
+    no_sync: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+) -> Iterator[Step]:
+    """Steps `first_step`..`cfg.max_steps`, one `Step` each: the training figures summed over ranks by `reduce`
+    (one host sync per step), and at evaluation steps (every `eval_every`, and the last) the held-out ones from
+    `evaluate`, whose time the step's seconds exclude."""
+    for step in range(first_step, cfg.max_steps + 1):
+        started = time.perf_counter()
+        result = optimizer_step(model, optimizer, scheduler, scaler, data, cfg, device, no_sync)
+        totals = reduce(torch.cat([result.stats, result.tokens.view(1)])).cpu()  # the step's one host sync
+        seconds = time.perf_counter() - started
+        figures = {
+            **summarize(totals[:-1]),
+            m.LR: result.lr,
+            m.GRAD_NORM: float(result.grad_norm),
+            m.TOKENS_PER_S: float(totals[-1]) / seconds,
+            m.SAMPLES_PER_S: float(totals[STATS.index("sequences")]) / seconds,
+        }
+        if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            figures.update(evaluate())
+        yield Step(step, figures, seconds, int(totals[-1]))
 
 
 @torch.no_grad()

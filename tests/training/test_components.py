@@ -12,7 +12,7 @@ from albert_core.pretraining_data import SopConfig, SpecialIds, build_instances
 from training.batches import STATS, BatchSpec, to_model_inputs
 from training.checkpointing import TrainState, load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.step import Diverged, build, optimizer_step
+from training.step import Diverged, build, optimizer_step, training_steps
 
 SPECIAL = SpecialIds(cls=2, sep=3, mask=4, vocab_size=200)
 
@@ -85,6 +85,24 @@ def test_optimizer_step_learns_and_accumulates_on_one_process() -> None:
     assert first.stats[sequences] == second.stats[sequences] == 16
     assert second.stats[STATS.index("loss_sum")] < first.stats[STATS.index("loss_sum")]
     assert torch.isfinite(first.grad_norm) and first.lr < second.lr  # warming up
+
+
+def test_the_step_loop_runs_at_world_size_one_and_evaluates_on_schedule() -> None:
+    """`training_steps` without Ray: steps numbered from `first_step`, evaluation every `eval_every` and at the
+    last step, the figures reduced once per step."""
+    cfg, model, optimizer, scheduler, _ = _step_setup()
+    cfg = cfg.replace(max_steps=5, eval_every=2)
+    inputs = to_model_inputs(rows(static=True), spec("static"))
+    data = iter([{k: v[:8] for k, v in inputs.items()}] * 5)
+    reduced, evaluated = [], []
+    steps = training_steps(model, optimizer, scheduler, torch.amp.GradScaler("cpu", enabled=False), data, cfg,
+                           torch.device("cpu"), first_step=2, reduce=lambda t: reduced.append(t) or t,
+                           evaluate=lambda: evaluated.append(1) or {"eval_loss": 1.0})  # fmt: skip
+    done = list(steps)
+    assert [s.step for s in done] == [2, 3, 4, 5] and len(reduced) == 4
+    assert ["eval_loss" in s.figures for s in done] == [True, False, True, True]
+    assert all(s.tokens == int(inputs["attention_mask"][:8].sum()) and s.seconds > 0 for s in done)
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s"} <= set(done[0].figures)
 
 
 def test_non_finite_gradients_stop_the_run_before_the_update() -> None:

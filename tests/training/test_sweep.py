@@ -84,7 +84,9 @@ def test_sweep_ranks_finished_trials_by_the_objective_and_keeps_failures(swept) 
 
 def test_each_trial_is_an_mlflow_run_nested_under_the_sweep(swept) -> None:
     home, result, _ = swept
-    client = MlflowClient(result["tracking_uri"])
+    client = MlflowClient(
+        result["tracking_uri"], registry_uri=result["tracking_uri"]
+    )  # not an earlier test's
     assert result["tracking_uri"] == f"sqlite:///{home}/mlflow.db"
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.sweep = 'grid'")
