@@ -13,6 +13,7 @@ _EXPORTS = {
     "AlbertForPreTraining": "albert_core.model",
     "AlbertForPreTrainingOutput": "albert_core.model",
     "AlbertForSequenceClassification": "albert_core.model",
+    "AlbertForTokenClassification": "albert_core.model",
     "AlbertModel": "albert_core.model",
     "count_parameters": "albert_core.model",
 }
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         AlbertForPreTraining,
         AlbertForPreTrainingOutput,
         AlbertForSequenceClassification,
+        AlbertForTokenClassification,
         AlbertModel,
         count_parameters,
     )
@@ -34,6 +36,7 @@ __all__ = [
     "AlbertForPreTraining",
     "AlbertForPreTrainingOutput",
     "AlbertForSequenceClassification",
+    "AlbertForTokenClassification",
     "AlbertModel",
     "UserError",
     "count_parameters",

@@ -17,7 +17,11 @@ import torch
 
 from albert_core.config import AlbertConfig
 from albert_core.errors import UserError
-from albert_core.model import AlbertForPreTraining, AlbertForSequenceClassification
+from albert_core.model import (
+    AlbertForPreTraining,
+    AlbertForSequenceClassification,
+    AlbertForTokenClassification,
+)
 from albert_core.storage import atomic_directory, file_hashes, read_json, verify_hashes, write_json
 
 FORMAT = "albert-model/1"
@@ -80,10 +84,13 @@ CLASSIFIER_FORMAT = "albert-classifier/1"
 # Keys config.json holds beside the AlbertConfig fields: label names in id order (as Hugging Face's `id2label`),
 # and the sequence length the classifier was trained with, so serving truncates as training did.
 CLASSIFIER_KEYS = ("labels", "max_seq_len")
+# What a classifier labels: a text (its pooled [CLS]) or each word (named entities). Folders without the key are
+# text classifiers (written before token classification existed).
+HEADS = {"classify": AlbertForSequenceClassification, "ner": AlbertForTokenClassification}
 
 
 def save_classifier(
-    model: AlbertForSequenceClassification,
+    model: AlbertForSequenceClassification | AlbertForTokenClassification,
     folder: str | Path,
     *,
     labels: Sequence[str],
@@ -102,8 +109,10 @@ def save_classifier(
         raise UserError(f"label names must be distinct strings, got {labels!r}")
     folder = Path(folder)
     with atomic_directory(folder, replace=replace) as tmp:
+        task = next(name for name, cls in HEADS.items() if isinstance(model, cls))
         write_json(
-            tmp / "config.json", {**model.config.to_dict(), "labels": labels, "max_seq_len": max_seq_len}
+            tmp / "config.json",
+            {**model.config.to_dict(), "labels": labels, "max_seq_len": max_seq_len, "task": task},
         )
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
         shutil.copytree(tokenizer_dir, tmp / "tokenizer")
@@ -117,16 +126,25 @@ def verify_classifier_folder(folder: str | Path) -> dict[str, Any]:
     return _verify_folder(Path(folder), CLASSIFIER_FORMAT, "classifier")
 
 
+def verify_any_folder(folder: str | Path) -> dict[str, Any]:
+    """Check a pretraining model folder or a fine-tuned classifier folder (by its manifest's format)."""
+    folder = Path(folder)
+    fine_tuned = (folder / "manifest.json").is_file() and read_json(folder / "manifest.json").get(
+        "format"
+    ) == (CLASSIFIER_FORMAT)
+    return verify_classifier_folder(folder) if fine_tuned else verify_model_folder(folder)
+
+
 def load_classifier(
     folder: str | Path, device: str | torch.device = "cpu"
-) -> tuple[AlbertForSequenceClassification, dict[str, Any]]:
+) -> tuple[AlbertForSequenceClassification | AlbertForTokenClassification, dict[str, Any]]:
     """Load a folder written by `save_classifier`, after checking every file against the manifest.
 
-    Returns the model and `{"labels": [name of id 0, ...], "max_seq_len": L}`."""
+    Returns the model (its class says the task) and `{"labels": [name of id 0, ...], "max_seq_len": L}`."""
     folder = Path(folder)
     verify_classifier_folder(folder)
     config = read_json(folder / "config.json")
     head = {key: config.pop(key) for key in CLASSIFIER_KEYS}
-    model = AlbertForSequenceClassification(AlbertConfig.from_dict(config))
+    model = HEADS[config.pop("task", "classify")](AlbertConfig.from_dict(config))
     safetensors.torch.load_model(model, str(folder / "model.safetensors"), device=str(device))
     return model.to(device), head

@@ -15,7 +15,11 @@ import torch
 
 from albert_core.config import AlbertConfig
 from albert_core.errors import UserError
-from albert_core.model import AlbertForPreTraining
+from albert_core.model import (
+    AlbertForPreTraining,
+    AlbertForSequenceClassification,
+    AlbertForTokenClassification,
+)
 
 if TYPE_CHECKING:
     import transformers
@@ -93,6 +97,43 @@ def from_hf(hf_model: transformers.AlbertForPreTraining) -> AlbertForPreTraining
     model.to(device=param.device, dtype=param.dtype)
     _copy_weights(hf_model.state_dict(), model)
     return model.train(hf_model.training)
+
+
+def head_to_hf(
+    model: AlbertForSequenceClassification | AlbertForTokenClassification, labels: list[str]
+) -> Any:
+    """A fine-tuned model as the `transformers` class of the same name, its label names in the config
+    (`id2label`, so `transformers.pipeline` reports them). Hugging Face's token classifier has no pooler: ours
+    is left out."""
+    if len(labels) != model.config.num_labels:
+        raise UserError(f"{len(labels)} label names for a model with num_labels={model.config.num_labels}")
+    hf_config = to_hf_config(model.config)
+    hf_config.num_labels = len(labels)
+    hf_config.id2label = dict(enumerate(labels))
+    hf_config.label2id = {label: i for i, label in enumerate(labels)}
+    hf_model = getattr(_transformers(), type(model).__name__)(hf_config)
+    state = model.state_dict()
+    if isinstance(model, AlbertForTokenClassification):
+        state = {k: v for k, v in state.items() if not k.startswith("albert.pooler.")}
+    _copy_weights(state, hf_model)
+    return hf_model.eval()
+
+
+def export_hf_head(
+    model: AlbertForSequenceClassification | AlbertForTokenClassification,
+    labels: list[str],
+    outdir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+) -> Path:
+    """Write a folder that `transformers.AlbertFor{Sequence,Token}Classification.from_pretrained` loads with no
+    missing or unexpected keys (and `transformers.pipeline` runs, with the tokenizer)."""
+    from albert_core.tokenizer import SentencePieceTokenizer
+
+    outdir = Path(outdir)
+    head_to_hf(model.cpu(), labels).save_pretrained(outdir)
+    if tokenizer_dir is not None:
+        SentencePieceTokenizer.load(tokenizer_dir).save_hf_files(outdir)
+    return outdir
 
 
 def export_hf(

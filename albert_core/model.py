@@ -279,8 +279,8 @@ class SequenceClassifierOutput:
     loss: torch.Tensor | None = None
 
 
-class AlbertForSequenceClassification(AlbertPreTrainedModel):
-    """Encoder + dropout + linear classifier on the pooled output (regression when num_labels == 1)."""
+class AlbertClassifier(AlbertPreTrainedModel):
+    """Encoder + dropout + a linear layer to `num_labels`: what the fine-tuning heads share (Hugging Face's names)."""
 
     def __init__(self, cfg: AlbertConfig):
         super().__init__()
@@ -289,6 +289,10 @@ class AlbertForSequenceClassification(AlbertPreTrainedModel):
         self.dropout = nn.Dropout(cfg.classifier_dropout_prob)
         self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
         self.init_weights()
+
+
+class AlbertForSequenceClassification(AlbertClassifier):
+    """The classifier on the pooled output (regression when num_labels == 1)."""
 
     def forward(
         self,
@@ -306,6 +310,31 @@ class AlbertForSequenceClassification(AlbertPreTrainedModel):
             else:
                 loss = F.cross_entropy(logits.float(), labels.long())
         return SequenceClassifierOutput(logits, loss)
+
+
+@dataclass
+class TokenClassifierOutput:
+    logits: torch.Tensor  # (B, T, num_labels)
+    loss: torch.Tensor | None = None
+
+
+class AlbertForTokenClassification(AlbertClassifier):
+    """The classifier on every token's hidden state (named-entity tags). Hugging Face's class builds its encoder
+    without the pooler; ours keeps it (unused) and the export leaves it out."""
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> TokenClassifierOutput:
+        hidden = self.albert(input_ids, token_type_ids, attention_mask).last_hidden_state
+        logits = self.classifier(self.dropout(hidden))  # (B, T, num_labels)
+        loss = None
+        if labels is not None:  # -100: padding, special tokens and a word's later pieces
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten().long(), ignore_index=-100)
+        return TokenClassifierOutput(logits, loss)
 
 
 def count_parameters(cfg: AlbertConfig, encoder_only: bool = True) -> int:

@@ -32,28 +32,44 @@ def cmd_export_hf(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from albert_core import AlbertConfig, AlbertForPreTraining
-    from albert_core.checkpoint import load_model
-    from albert_core.hf import export_hf
+    from albert_core.checkpoint import CLASSIFIER_FORMAT, load_classifier, load_model
+    from albert_core.hf import export_hf, export_hf_head
+    from albert_core.storage import read_json
 
     tokenizer_dir = args.tokenizer
     if args.source.startswith("preset:"):
         torch.manual_seed(args.seed)
         model = AlbertForPreTraining(AlbertConfig.from_preset(args.source.removeprefix("preset:")))
-    else:
-        source = Path(args.source)
-        if args.source.startswith(("models:/", "runs:/")):
-            from training.registry import download_model
+        outdir = export_hf(model, args.outdir, tokenizer_dir)
+        return {
+            "outdir": str(outdir),
+            "tokenizer": tokenizer_dir is not None,
+            "parameters": model.num_parameters(),
+        }
+    source = Path(args.source)
+    if args.source.startswith(("models:/", "runs:/")):
+        from training.registry import download_model
 
-            _registry(args)
-            source = download_model(args.source)
-        elif not source.is_dir():
-            raise UserError(f"{source} is not a folder; give a model URI, a model folder or preset:NAME")
+        _registry(args)
+        source = download_model(args.source)
+    elif not source.is_dir():
+        raise UserError(f"{source} is not a folder; give a model URI, a model folder or preset:NAME")
+    if tokenizer_dir is None and (source / "tokenizer").is_dir():
+        tokenizer_dir = source / "tokenizer"
+    if (source / "manifest.json").is_file() and read_json(source / "manifest.json").get(
+        "format"
+    ) == CLASSIFIER_FORMAT:
+        # a fine-tuned model: AlbertForSequenceClassification or AlbertForTokenClassification, labels named
+        model, head = load_classifier(source)
+        outdir = export_hf_head(model, head["labels"], args.outdir, tokenizer_dir)
+        kind = type(model).__name__
+    else:
         model = load_model(source)
-        if tokenizer_dir is None and (source / "tokenizer").is_dir():
-            tokenizer_dir = source / "tokenizer"
-    outdir = export_hf(model, args.outdir, tokenizer_dir)
+        outdir = export_hf(model, args.outdir, tokenizer_dir)
+        kind = "AlbertForPreTraining"
     return {
         "outdir": str(outdir),
+        "class": kind,
         "tokenizer": tokenizer_dir is not None,
         "parameters": model.num_parameters(),
     }
@@ -414,7 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", help="a second segment: score whether TEXT and PAIR are in swapped order")
     p.add_argument("--top-k", type=int, default=5)
 
-    p = command(sub, "finetune", cmd_finetune, "fine-tune a registered model for text classification")
+    p = command(
+        sub,
+        "finetune",
+        cmd_finetune,
+        "fine-tune a registered model: text classification, or named entities (--task ner)",
+    )
     p.add_argument(
         "--model",
         dest="model_uri",
@@ -422,9 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="pretrained model: models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a folder",
     )
     p.add_argument(
-        "--train", dest="train_path", required=True, help="training examples: JSONL, CSV or Parquet"
+        "--train",
+        dest="train_path",
+        required=True,
+        help="training examples: JSONL, CSV or Parquet (--task ner: CoNLL or JSONL tokens/tags)",
     )
-    p.add_argument("--eval", dest="eval_path", required=True, help="held-out examples: JSONL, CSV or Parquet")
+    p.add_argument(
+        "--eval",
+        dest="eval_path",
+        default=argparse.SUPPRESS,
+        help="held-out examples, same format (--task ner: default, --eval-share of --train by a hash)",
+    )
     add_config_flags(p, FinetuneConfig, skip=("model_uri", "train_path", "eval_path"))
 
     flows = sub.add_parser("flows", help="Prefect deployments").add_subparsers(

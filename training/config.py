@@ -100,6 +100,7 @@ class TrainConfig(Config):
 
 
 Init = Literal["pretrained", "random"]
+Task = Literal["classify", "ner"]
 
 
 def parse_model_uri(model_uri: str) -> tuple[str, str | None, int | None]:
@@ -123,8 +124,12 @@ class FinetuneConfig(Config):
     model_uri: str = setting(
         help="pretrained model: models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a folder"
     )
-    train_path: str | Path = setting(help="training examples: JSONL, CSV or Parquet")
-    eval_path: str | Path = setting(help="held-out examples: JSONL, CSV or Parquet")
+    train_path: str | Path = setting(help="training examples: JSONL, CSV or Parquet (ner: CoNLL or JSONL)")
+    eval_path: str | Path | None = setting(
+        None, "held-out examples, same format (ner: default, the eval_share of train_path chosen by a hash)"
+    )
+    task: Task = setting("classify", "classify: a label per text; ner: a BIO tag per word (named entities)")
+    eval_share: float = setting(0.1, "ner without eval_path: share of the sentences held out, by a hash")
     text_field: str = setting("text", "field holding the text")
     label_field: str = setting("label", "field holding the label")
     epochs: int = setting(3, "passes over the training examples")
@@ -140,7 +145,7 @@ class FinetuneConfig(Config):
     threads: int | None = setting(None, "torch threads (default: every core this process may use)")
     model_name: str | None = setting(
         None,
-        'registered name of the classifier (default "<pretrained name>-classifier", or "albert-classifier")',
+        'registered name (default "<pretrained name>-classifier", "-tagger" for ner, or "albert-classifier")',
     )
     # "random" is the control that measures what pretraining is worth: the same classifier (the pretrained model's
     # config and tokenizer, the same seed, head, data, steps and schedule) with the encoder freshly initialised.
@@ -155,9 +160,22 @@ class FinetuneConfig(Config):
                 raise UserError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
         if self.text_field == self.label_field:
             raise UserError(f"text_field and label_field are both {self.text_field!r}")
+        if self.task not in get_args(Task):
+            raise UserError(f"task must be one of {', '.join(get_args(Task))}, got {self.task!r}")
+        if self.eval_path is None and self.task == "classify":
+            raise UserError("classify needs eval_path (--eval FILE): held-out examples with their labels")
         for name in ("train_path", "eval_path"):
-            if not isinstance(getattr(self, name), str | Path) or not str(getattr(self, name)):
-                raise UserError(f"{name} must be a file path, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if (value is not None or name == "train_path") and (
+                not isinstance(value, str | Path) or not str(value)
+            ):
+                raise UserError(f"{name} must be a file path, got {value!r}")
+        if (
+            isinstance(self.eval_share, bool)
+            or not isinstance(self.eval_share, int | float)
+            or not 0 < self.eval_share < 1
+        ):
+            raise UserError(f"eval_share must be a number in (0, 1), got {self.eval_share!r}")
         for name in ("epochs", "batch_size", "max_seq_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -188,8 +206,9 @@ class FinetuneConfig(Config):
 
     @property
     def registered_model_name(self) -> str:
+        suffix = "tagger" if self.task == "ner" else "classifier"
         if self.model_name:
             return self.model_name
         if self.model_uri.startswith("models:/"):
-            return validate_name(f"{parse_model_uri(self.model_uri)[0]}-classifier", "model name")
-        return "albert-classifier"
+            return validate_name(f"{parse_model_uri(self.model_uri)[0]}-{suffix}", "model name")
+        return f"albert-{suffix}"

@@ -24,13 +24,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from albert_core.checkpoint import load_model, save_classifier, verify_classifier_folder
 from albert_core.errors import UserError
-from albert_core.model import AlbertForPreTraining, AlbertForSequenceClassification
+from albert_core.model import (
+    AlbertForPreTraining,
+    AlbertForSequenceClassification,
+    AlbertForTokenClassification,
+)
 from albert_core.optim import build_optimizer, lr_scheduler
 from albert_core.storage import read_json, sha256_file
 from albert_core.system import available_cores
@@ -42,6 +46,7 @@ from training.registry import parse_model_uri, register_pyfunc
 from training.tracking import MlflowTracker
 
 EXPERIMENT = "albert-finetuning"
+Head = TypeVar("Head", AlbertForSequenceClassification, AlbertForTokenClassification)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 GRAD_CLIP = 1.0  # as in pretraining and the reference `run_classifier.py`
 WEIGHT_DECAY = 0.01  # the reference's AdamWeightDecayOptimizer; not on LayerNorm or biases
@@ -184,12 +189,13 @@ def load_splits(cfg: FinetuneConfig) -> Splits:
 
 
 def classifier_from_pretrained(
-    pretrained: AlbertForPreTraining, num_labels: int
-) -> AlbertForSequenceClassification:
-    """A classifier with the pretrained encoder (embeddings, shared layers, pooler) and a freshly initialised
-    head; the MLM and SOP heads are dropped. Every encoder tensor must be copied, under the same name and shape
-    (as nanoGPT's `from_pretrained` asserts), or this fails here rather than after an epoch of training."""
-    model = AlbertForSequenceClassification(pretrained.config.replace(num_labels=num_labels))
+    pretrained: AlbertForPreTraining, num_labels: int, head: type[Head] = AlbertForSequenceClassification
+) -> Head:
+    """A classifier (`head`: text or token classification) with the pretrained encoder (embeddings, shared
+    layers, pooler) and a freshly initialised head; the MLM and SOP heads are dropped. Every encoder tensor must
+    be copied, under the same name and shape (as nanoGPT's `from_pretrained` asserts), or this fails here rather
+    than after an epoch of training."""
+    model = head(pretrained.config.replace(num_labels=num_labels))
     source = pretrained.albert.state_dict()
     target = model.albert.state_dict()
     if source.keys() != target.keys():
@@ -203,14 +209,17 @@ def classifier_from_pretrained(
 
 
 def build_classifier(
-    pretrained: AlbertForPreTraining, num_labels: int, init: Init
-) -> AlbertForSequenceClassification:
+    pretrained: AlbertForPreTraining,
+    num_labels: int,
+    init: Init,
+    head: type[Head] = AlbertForSequenceClassification,
+) -> Head:
     """The classifier `init` asks for. "random" is built exactly as "pretrained" is, the pretrained weights
     left out: under the same seed the head (drawn after the encoder) and the dropout masks are the same."""
     if init == "pretrained":
-        return classifier_from_pretrained(pretrained, num_labels)
+        return classifier_from_pretrained(pretrained, num_labels, head)
     if init == "random":
-        return AlbertForSequenceClassification(pretrained.config.replace(num_labels=num_labels))
+        return head(pretrained.config.replace(num_labels=num_labels))
     raise ValueError(f"unknown init {init!r}")
 
 
@@ -239,7 +248,7 @@ def accuracy_and_macro_f1(truth: Sequence[int], predicted: Sequence[int]) -> tup
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
-def _resolve_pretrained(model_uri: str) -> tuple[str, str]:
+def resolve_pretrained(model_uri: str) -> tuple[str, str]:
     """(URI to download, registered version or ""): an alias is pinned to its version first, so the weights,
     the tag and the lineage all name the same version even if the alias moves meanwhile."""
     if not model_uri.startswith("models:/"):
@@ -257,25 +266,25 @@ def _resolve_pretrained(model_uri: str) -> tuple[str, str]:
     return f"models:/{name}/{resolved}", resolved
 
 
-def _absolute(uri_or_path: str | Path) -> str:
+def absolute_location(uri_or_path: str | Path) -> str:
     """A URI as given; a local path made absolute, so lineage tags still point at it from elsewhere."""
     text = str(uri_or_path)
     return text if ":/" in text else str(Path(text).absolute())
 
 
-def _labels_tag(labels: list[str]) -> str:
+def labels_tag(labels: list[str]) -> str:
     """The label names as a JSON list, unless too long for an MLflow tag (the folder's config.json has them)."""
     text = json.dumps(labels, ensure_ascii=False)
     return text if len(text) <= 4000 else f"{len(labels)} labels: see config.json of the model"
 
 
-def _threads(cfg: FinetuneConfig) -> int:
+def threads_for(cfg: FinetuneConfig) -> int:
     if cfg.threads is not None:
         return cfg.threads
     return available_cores()
 
 
-def _batches(n: int, batch_size: int, order: Sequence[int] | None = None) -> list[list[int]]:
+def index_batches(n: int, batch_size: int, order: Sequence[int] | None = None) -> list[list[int]]:
     indices = list(range(n)) if order is None else list(order)
     return [indices[i : i + batch_size] for i in range(0, n, batch_size)]
 
@@ -290,29 +299,30 @@ def _predict(
 ) -> list[int]:
     model.eval()
     predicted: list[int] = []
-    for batch in _batches(len(rows), batch_size):
+    for batch in index_batches(len(rows), batch_size):
         input_ids, attention_mask = pad_batch([rows[i] for i in batch], pad_id)
         logits = model(input_ids.to(device), attention_mask=attention_mask.to(device)).logits  # (B, labels)
         predicted += logits.argmax(-1).tolist()
     return predicted
 
 
-def _train_epoch(
-    model: AlbertForSequenceClassification,
+def train_epoch(
+    model: AlbertForSequenceClassification | AlbertForTokenClassification,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     rows: list[list[int]],
-    label_ids: list[int],
+    targets: Callable[[list[int], int], torch.Tensor],
     batches: list[list[int]],
     pad_id: int,
     device: torch.device,
 ) -> float:
-    """One pass over `batches` (lists of row indices); returns the mean training loss."""
+    """One pass over `batches` (lists of row indices); `targets(batch, width)` gives the batch's labels (one per
+    text, or one per piece padded to `width`). Returns the mean training loss."""
     model.train()
     losses = []
     for batch in batches:
         input_ids, attention_mask = pad_batch([rows[i] for i in batch], pad_id)
-        labels = torch.tensor([label_ids[i] for i in batch], device=device)
+        labels = targets(batch, input_ids.shape[1]).to(device)
         loss = model(input_ids.to(device), attention_mask=attention_mask.to(device), labels=labels).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -327,6 +337,10 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
     """Fine-tune `cfg.model_uri` on `cfg.train_path`, evaluate on `cfg.eval_path` after every epoch, log the
     run to MLflow, and register the classifier as a new version of `cfg.registered_model_name` (alias
     `candidate`). Returns the summary the CLI prints."""
+    if cfg.task == "ner":
+        from training.ner_finetune import finetune_ner
+
+        return finetune_ner(cfg, home=home, progress=progress)
     import mlflow
 
     from training.registry import configure_mlflow, download_model, get_or_create_experiment, tracking_uri
@@ -338,10 +352,10 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
     majority = Counter(splits.eval_label_ids).most_common(1)[0][1] / len(splits.eval_label_ids)
 
     configure_mlflow(home)
-    pinned_uri, pretrained_version = _resolve_pretrained(cfg.model_uri)
+    pinned_uri, pretrained_version = resolve_pretrained(cfg.model_uri)
     run_name = f"{model_name}-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}"
     previous_threads = torch.get_num_threads()
-    threads = _threads(cfg)
+    threads = threads_for(cfg)
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="albert-finetune-") as scratch:
@@ -374,18 +388,18 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
                                    "warmup_steps": warmup_steps, "total_steps": total_steps})  # fmt: skip
                 lineage = {
                     "init": cfg.init,  # "random": only the config and tokenizer come from the pretrained model
-                    "pretrained_model_uri": _absolute(cfg.model_uri),
+                    "pretrained_model_uri": absolute_location(cfg.model_uri),
                     "pretrained_model_version": pretrained_version,
                     "pretrained_model_sha256": pretrained_sha256,
                     "train_sha256": sha256_file(cfg.train_path),
                     "eval_sha256": sha256_file(cfg.eval_path),
-                    "labels": _labels_tag(splits.labels),
+                    "labels": labels_tag(splits.labels),
                 }
                 mlflow.set_tags(
                     {
                         **lineage,
-                        "train_path": _absolute(cfg.train_path),
-                        "eval_path": _absolute(cfg.eval_path),
+                        "train_path": absolute_location(cfg.train_path),
+                        "eval_path": absolute_location(cfg.eval_path),
                     }
                 )
                 # Per-epoch figures go through training's tracker: while the server is unreachable they are
@@ -401,9 +415,10 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
 
                 for epoch in range(1, cfg.epochs + 1):
                     order = torch.randperm(len(train_rows), generator=shuffle).tolist()
-                    batches = _batches(len(train_rows), cfg.batch_size, order)
-                    train_loss = _train_epoch(model, optimizer, scheduler, train_rows, splits.train_label_ids,
-                                              batches, tokenizer.pad_id, device)  # fmt: skip
+                    batches = index_batches(len(train_rows), cfg.batch_size, order)
+                    targets = lambda batch, _: torch.tensor([splits.train_label_ids[i] for i in batch])  # noqa: E731
+                    train_loss = train_epoch(model, optimizer, scheduler, train_rows, targets, batches,
+                                             tokenizer.pad_id, device)  # fmt: skip
                     predicted = _predict(model, eval_rows, cfg.batch_size, tokenizer.pad_id, device)
                     accuracy, f1 = accuracy_and_macro_f1(splits.eval_label_ids, predicted)
                     tracker.log(

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import albert_core
-from albert_core.checkpoint import load_model, verify_model_folder
+from albert_core.checkpoint import load_model, verify_any_folder, verify_model_folder
 from albert_core.errors import UserError
 from albert_core.storage import validate_name
 from training.config import parse_model_uri  # noqa: F401  (re-exported: callers import it from here)
@@ -211,7 +211,7 @@ def download_model(model_uri: str, dst: Path | None = None) -> Path:
             raise UserError(
                 f"{model_uri} is neither a model URI (models:/NAME@ALIAS, models:/NAME/V) nor a folder"
             )
-        verify_model_folder(local)
+        verify_any_folder(local)
         return local
     try:
         root = Path(
@@ -226,7 +226,7 @@ def download_model(model_uri: str, dst: Path | None = None) -> Path:
             f"{model_uri} is not an ALBERT model logged by this project (no model folder artifact)"
         )
     folder = folders[0]
-    manifest = verify_model_folder(folder)
+    manifest = verify_any_folder(folder)
     expected = _registered_sha256(model_uri)
     if expected is not None and expected != manifest["files"]["model.safetensors"]:
         raise UserError(

@@ -30,7 +30,7 @@ from training import tracking as m
 from training.config import TrainConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("uses_ray")]
-DOCUMENTS, SEQ_LEN, STEPS = 6000, 64, 800
+DOCUMENTS, SEQ_LEN, STEPS = 6000, 64, 500
 
 
 @pytest.fixture(scope="module")
