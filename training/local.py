@@ -100,9 +100,12 @@ def train_local(
     tracker: m.Tracker | None = None,
     model_cfg: AlbertConfig | None = None,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
 ) -> LocalRun:
     """Pretrain `cfg` at world size 1 (`cfg.workers` is ignored: one process takes the whole batch).
-    Held-out figures every `eval_every` steps and at the end; `seconds` counts training and evaluation."""
+    Held-out figures every `eval_every` steps and at the end; `seconds` counts training and evaluation.
+    `stop_after`: leave after that step, the learning rate still on `cfg.max_steps`' schedule (an early stop,
+    as a sweep's scheduler does)."""
     cfg = cfg.replace(workers=1)
     manifest = load_manifest(home, cfg.shards)
     tokenizer, _ = load_tokenizer(home, manifest["tokenizer"]["name"])
@@ -130,5 +133,7 @@ def train_local(
             on_eval({"step": step, **metrics})
         tracker.log(metrics, step)
         run.history.append({"step": step, "seconds": time.perf_counter() - started, **metrics})
+        if step == stop_after:
+            break
     tracker.close()
     return run
