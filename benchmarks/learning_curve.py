@@ -164,8 +164,9 @@ def main() -> None:
     majority = max(label_one["eval"], 1 - label_one["eval"])
     text = (
         f"tiny preset, {steps} steps x {cfg.batch_size} sequences ({setup['epochs']} epochs of "
-        f"{setup['train_sequences']}), {cfg.workers} workers, LAMB lr {cfg.lr:g}: final eval SOP acc "
-        f"**{final[m.EVAL_SOP_ACC]:.3f}** (best {best_sop:.3f}; majority class {majority:.3f}; label 1 is "
+        f"{setup['train_sequences']}), {cfg.workers} workers, {cfg.optimizer} lr {cfg.lr:g}: final eval SOP acc "
+        f"**{final[m.EVAL_SOP_ACC]:.3f}** (best {best_sop:.3f}; length rule on the same rows "
+        f"{final[m.EVAL_SOP_LENGTH_BASELINE]:.3f}; majority class {majority:.3f}; label 1 is "
         f"{label_one['train']:.3f} of train), eval MLM acc "
         f"**{final[m.EVAL_MLM_ACC]:.3f}**, eval loss {final[m.EVAL_LOSS]:.3f} (MLM {final['eval_mlm_loss']:.3f}, "
         f"SOP {final['eval_sop_loss']:.3f}) on {setup['eval_sequences']} held-out sequences from "
