@@ -96,9 +96,17 @@ TRAIN_KEYS = ("loss", "mlm_loss", "sop_loss", "mlm_acc", "sop_acc", "lr", "grad_
 
 
 def checkpoint_steps(home: Path, ignore: set[Path]) -> list[int]:
-    """Steps of the checkpoints of the runs under `home` that are not in `ignore` (earlier tests' runs)."""
+    """Steps of the checkpoints of the runs under `home` that are not in `ignore` (earlier tests' runs). Ray
+    copies a checkpoint into the run's storage file by file: one still being copied (or already rotated out) is
+    skipped, not read half-written (which would end the watching thread, and the kill with it)."""
     runs = [run for run in home.glob("runs/*") if run not in ignore]
-    return sorted(read_json(p)["step"] for run in runs for p in run.glob("ray/**/checkpoint.json"))
+    steps = []
+    for path in (p for run in runs for p in run.glob("ray/**/checkpoint.json")):
+        try:
+            steps.append(read_json(path)["step"])
+        except (UserError, KeyError):
+            continue
+    return sorted(steps)
 
 
 def ray_train_workers(since: float) -> list[psutil.Process]:
