@@ -34,14 +34,14 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from albert_core.storage import build_folder
-from data_jobs.config import IngestConfig
+from data_jobs.config import Format, IngestConfig
 from data_jobs.corpus import (
     DOCS_SCHEMA,
     QUARANTINE_SCHEMA,
@@ -56,7 +56,7 @@ from data_jobs.layouts import COUNTS, DOC, QUARANTINE, Items
 from data_jobs.ray_runtime import ensure_ray, run_tasks
 from data_jobs.sources import Plan, RangeUnit, Unit, plan_units, resolve_sources
 
-FORMATS = ("text", "jsonl", "parquet", "hf")
+FORMATS = get_args(Format)
 # Memory a read task asks Ray for, so tasks never overcommit a node: a worker's own ~140 MB plus what parsing holds
 # per byte of its range (Python strings of lines and sentences, Arrow copies). Measured on the one-sentence-per-line
 # layout: +109 / +152 / +246 MB over the worker for ranges of 8 / 16 / 32 MB.

@@ -29,18 +29,18 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, get_args
 
 import pyarrow as pa
 
 from albert_core.text import join_wrapped_lines, normalize_counted, split_sentences
+from data_jobs.config import Layout
 from data_jobs.corpus import RAW_LIMIT
 
 if TYPE_CHECKING:
     from data_jobs.config import IngestConfig
 
-Layout = Literal["sentences", "paragraphs", "wikitext", "wrapped", "documents"]
-LAYOUTS: tuple[Layout, ...] = ("sentences", "paragraphs", "wikitext", "wrapped", "documents")
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
 DOC, QUARANTINE, COUNTS = "doc", "quarantine", "counts"
 ITEM_SCHEMA = pa.schema(
     [
