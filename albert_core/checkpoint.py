@@ -19,6 +19,7 @@ from albert_core.config import AlbertConfig
 from albert_core.errors import UserError
 from albert_core.model import (
     AlbertForPreTraining,
+    AlbertForQuestionAnswering,
     AlbertForSequenceClassification,
     AlbertForTokenClassification,
 )
@@ -32,6 +33,7 @@ def save_model(
     folder: str | Path,
     tokenizer_dir: str | Path | None = None,
     metadata: dict[str, Any] | None = None,
+    inference: dict[str, Any] | None = None,
     replace: bool = False,
 ) -> Path:
     """Write `model` (and a copy of a tokenizer folder) atomically to `folder`."""
@@ -86,17 +88,23 @@ CLASSIFIER_FORMAT = "albert-classifier/1"
 CLASSIFIER_KEYS = ("labels", "max_seq_len")
 # What a classifier labels: a text (its pooled [CLS]) or each word (named entities). Folders without the key are
 # text classifiers (written before token classification existed).
-HEADS = {"classify": AlbertForSequenceClassification, "ner": AlbertForTokenClassification}
+HEADS = {
+    "classify": AlbertForSequenceClassification,
+    "ner": AlbertForTokenClassification,
+    "qa": AlbertForQuestionAnswering,
+}
+FineTuned = AlbertForSequenceClassification | AlbertForTokenClassification | AlbertForQuestionAnswering
 
 
 def save_classifier(
-    model: AlbertForSequenceClassification | AlbertForTokenClassification,
+    model: FineTuned,
     folder: str | Path,
     *,
     labels: Sequence[str],
     max_seq_len: int,
     tokenizer_dir: str | Path,
     metadata: dict[str, Any] | None = None,
+    inference: dict[str, Any] | None = None,
     replace: bool = False,
 ) -> Path:
     """Write a fine-tuned classifier atomically: `config.json` (the AlbertConfig plus `labels` and
@@ -112,7 +120,13 @@ def save_classifier(
         task = next(name for name, cls in HEADS.items() if isinstance(model, cls))
         write_json(
             tmp / "config.json",
-            {**model.config.to_dict(), "labels": labels, "max_seq_len": max_seq_len, "task": task},
+            {
+                **model.config.to_dict(),
+                "labels": labels,
+                "max_seq_len": max_seq_len,
+                "task": task,
+                "inference": inference or {},
+            },  # fmt: skip
         )
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
         shutil.copytree(tokenizer_dir, tmp / "tokenizer")
@@ -137,14 +151,16 @@ def verify_any_folder(folder: str | Path) -> dict[str, Any]:
 
 def load_classifier(
     folder: str | Path, device: str | torch.device = "cpu"
-) -> tuple[AlbertForSequenceClassification | AlbertForTokenClassification, dict[str, Any]]:
+) -> tuple[FineTuned, dict[str, Any]]:
     """Load a folder written by `save_classifier`, after checking every file against the manifest.
 
-    Returns the model (its class says the task) and `{"labels": [name of id 0, ...], "max_seq_len": L}`."""
+    Returns the model (its class says the task) and `{"labels": [name of id 0, ...], "max_seq_len": L,
+    "inference": {setting: value}}` (what serving must do as training did, e.g. question answering's stride)."""
     folder = Path(folder)
     verify_classifier_folder(folder)
     config = read_json(folder / "config.json")
     head = {key: config.pop(key) for key in CLASSIFIER_KEYS}
+    head["inference"] = config.pop("inference", {})
     model = HEADS[config.pop("task", "classify")](AlbertConfig.from_dict(config))
     safetensors.torch.load_model(model, str(folder / "model.safetensors"), device=str(device))
     return model.to(device), head

@@ -15,14 +15,12 @@ import torch
 
 from albert_core.config import AlbertConfig
 from albert_core.errors import UserError
-from albert_core.model import (
-    AlbertForPreTraining,
-    AlbertForSequenceClassification,
-    AlbertForTokenClassification,
-)
+from albert_core.model import AlbertForPreTraining, AlbertForSequenceClassification
 
 if TYPE_CHECKING:
     import transformers
+
+    from albert_core.checkpoint import FineTuned
 
 # Tied tensors: the decoder reuses the word embeddings and the MLM bias. Both sides list them in state_dict.
 TIED_KEYS: dict[str, str] = {
@@ -99,12 +97,10 @@ def from_hf(hf_model: transformers.AlbertForPreTraining) -> AlbertForPreTraining
     return model.train(hf_model.training)
 
 
-def head_to_hf(
-    model: AlbertForSequenceClassification | AlbertForTokenClassification, labels: list[str]
-) -> Any:
+def head_to_hf(model: FineTuned, labels: list[str]) -> Any:
     """A fine-tuned model as the `transformers` class of the same name, its label names in the config
-    (`id2label`, so `transformers.pipeline` reports them). Hugging Face's token classifier has no pooler: ours
-    is left out."""
+    (`id2label`, so `transformers.pipeline` reports them). Hugging Face's token classifier and question
+    answerer have no pooler: ours is left out."""
     if len(labels) != model.config.num_labels:
         raise UserError(f"{len(labels)} label names for a model with num_labels={model.config.num_labels}")
     hf_config = to_hf_config(model.config)
@@ -113,19 +109,20 @@ def head_to_hf(
     hf_config.label2id = {label: i for i, label in enumerate(labels)}
     hf_model = getattr(_transformers(), type(model).__name__)(hf_config)
     state = model.state_dict()
-    if isinstance(model, AlbertForTokenClassification):
+    if not isinstance(model, AlbertForSequenceClassification):
         state = {k: v for k, v in state.items() if not k.startswith("albert.pooler.")}
     _copy_weights(state, hf_model)
     return hf_model.eval()
 
 
 def export_hf_head(
-    model: AlbertForSequenceClassification | AlbertForTokenClassification,
+    model: FineTuned,
     labels: list[str],
     outdir: str | Path,
     tokenizer_dir: str | Path | None = None,
 ) -> Path:
-    """Write a folder that `transformers.AlbertFor{Sequence,Token}Classification.from_pretrained` loads with no
+    """Write a folder that `transformers.AlbertFor{Sequence,Token}Classification` / `AlbertForQuestionAnswering`
+    `.from_pretrained` loads with no
     missing or unexpected keys (and `transformers.pipeline` runs, with the tokenizer)."""
     from albert_core.tokenizer import SentencePieceTokenizer
 

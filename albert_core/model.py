@@ -337,6 +337,47 @@ class AlbertForTokenClassification(AlbertClassifier):
         return TokenClassifierOutput(logits, loss)
 
 
+@dataclass
+class QuestionAnsweringOutput:
+    start_logits: torch.Tensor  # (B, T)
+    end_logits: torch.Tensor  # (B, T)
+    loss: torch.Tensor | None = None
+
+
+class AlbertForQuestionAnswering(AlbertPreTrainedModel):
+    """Extractive question answering: a linear layer gives each token a start and an end logit (Hugging Face's
+    `qa_outputs`, num_labels 2, no dropout). Like the token classifier, ours keeps the unused pooler and the
+    export leaves it out."""
+
+    def __init__(self, cfg: AlbertConfig):
+        super().__init__()
+        if cfg.num_labels != 2:
+            raise ValueError(
+                f"question answering has 2 outputs per token (start, end), got num_labels={cfg.num_labels}"
+            )
+        self.config = cfg
+        self.albert = AlbertModel(cfg)
+        self.qa_outputs = nn.Linear(cfg.hidden_size, 2)
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> QuestionAnsweringOutput:
+        """`labels`: (B, 2), the start and end token of each answer; 0 ([CLS]) where the window holds none."""
+        hidden = self.albert(input_ids, token_type_ids, attention_mask).last_hidden_state
+        start_logits, end_logits = self.qa_outputs(hidden).float().unbind(-1)  # (B, T) each
+        loss = None
+        if labels is not None:  # as Hugging Face: the mean of the start and end cross-entropies
+            loss = (
+                F.cross_entropy(start_logits, labels[:, 0]) + F.cross_entropy(end_logits, labels[:, 1])
+            ) / 2
+        return QuestionAnsweringOutput(start_logits, end_logits, loss)
+
+
 def count_parameters(cfg: AlbertConfig, encoder_only: bool = True) -> int:
     """Parameter count without allocating weights (built on the meta device), so xxlarge costs nothing."""
     with torch.device("meta"):
@@ -346,7 +387,9 @@ def count_parameters(cfg: AlbertConfig, encoder_only: bool = True) -> int:
 __all__ = [
     "AlbertForPreTraining",
     "AlbertForPreTrainingOutput",
+    "AlbertForQuestionAnswering",
     "AlbertForSequenceClassification",
+    "AlbertForTokenClassification",
     "AlbertModel",
     "count_parameters",
 ]

@@ -377,6 +377,29 @@ class SentencePieceTokenizer:
     def encode_one(self, text: str) -> list[int]:
         return self._sp.encode(preprocess_text(text, self._lowercase), out_type=int)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """(ids, (start, end) character span in `text` of each piece): what maps an extractive answer's pieces
+        back to the original characters. Each whitespace-separated word is encoded on its own, which gives the
+        pieces `encode_one` gives (SentencePiece splits at whitespace). Within a word the spans are
+        SentencePiece's own alignment (it tracks its NFKC normalisation); where our preprocessing changed a
+        word's length (``, '' or a lower-casing that grows, as "İ") every piece spans the whole word. A lone
+        "▁" piece spans nothing: (word start, word start)."""
+        words = [(m.start(), m.group()) for m in re.finditer(r"\S+", text)]
+        texts = [preprocess_text(word, self._lowercase) for _, word in words]
+        protos = self._sp.encode(texts, return_type="proto") if texts else []
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        for (start, word), pre, proto in zip(words, texts, protos, strict=True):
+            same_length = len(pre) == len(word)
+            char_at = _byte_to_char(pre)
+            for piece in proto.pieces:
+                ids.append(piece.id)
+                if same_length:
+                    spans.append((start + char_at[piece.begin], start + char_at[piece.end]))
+                else:
+                    spans.append((start, start + len(word)))
+        return ids, spans
+
     def encode_as_pieces(self, text: str) -> list[str]:
         return self._sp.encode(preprocess_text(text, self._lowercase), out_type=str)
 
@@ -465,6 +488,16 @@ class _Counted(Iterator[str]):
         item = next(self._it)
         self.count += 1
         return item
+
+
+def _byte_to_char(text: str) -> dict[int, int]:
+    """Character index of each UTF-8 byte offset that starts a character (and of the end)."""
+    index, offset = {}, 0
+    for i, char in enumerate(text):
+        index[offset] = i
+        offset += len(char.encode("utf-8"))
+    index[offset] = len(text)
+    return index
 
 
 def _check_options(vocab_size: int, character_coverage: float, num_threads: int | None) -> None:

@@ -100,7 +100,7 @@ class TrainConfig(Config):
 
 
 Init = Literal["pretrained", "random"]
-Task = Literal["classify", "ner"]
+Task = Literal["classify", "ner", "qa"]
 
 
 def parse_model_uri(model_uri: str) -> tuple[str, str | None, int | None]:
@@ -124,12 +124,20 @@ class FinetuneConfig(Config):
     model_uri: str = setting(
         help="pretrained model: models:/NAME@ALIAS, models:/NAME/V, runs:/ID/model or a folder"
     )
-    train_path: str | Path = setting(help="training examples: JSONL, CSV or Parquet (ner: CoNLL or JSONL)")
-    eval_path: str | Path | None = setting(
-        None, "held-out examples, same format (ner: default, the eval_share of train_path chosen by a hash)"
+    train_path: str | Path = setting(
+        help="training examples: JSONL, CSV or Parquet (ner: CoNLL or JSONL; qa: SQuAD v1.1/v2.0 JSON)"
     )
-    task: Task = setting("classify", "classify: a label per text; ner: a BIO tag per word (named entities)")
-    eval_share: float = setting(0.1, "ner without eval_path: share of the sentences held out, by a hash")
+    eval_path: str | Path | None = setting(
+        None,
+        "held-out examples, same format (ner, qa: default, the eval_share of train_path chosen by a hash)",
+    )
+    task: Task = setting(
+        "classify",
+        "classify: a label per text; ner: a BIO tag per word (named entities); qa: an answer span in a context",
+    )
+    eval_share: float = setting(
+        0.1, "ner, qa without eval_path: share of the sentences (qa: contexts) held out, by a hash"
+    )
     text_field: str = setting("text", "field holding the text")
     label_field: str = setting("label", "field holding the label")
     epochs: int = setting(3, "passes over the training examples")
@@ -141,11 +149,16 @@ class FinetuneConfig(Config):
     lr: float = setting(1e-4, "peak learning rate (2e-5 for base and larger)")
     max_seq_len: int = setting(128, "tokens per example, [CLS] and [SEP] included")
     warmup_ratio: float = setting(0.1, "share of all steps spent warming up (BERT/ALBERT fine-tuning: 10%)")
+    # BERT's and ALBERT's SQuAD scripts: 64-piece questions, windows 128 pieces apart, answers up to 30 pieces.
+    max_query_len: int = setting(64, "qa: question pieces kept (the rest is cut)")
+    doc_stride: int = setting(128, "qa: pieces between the starts of two windows over a long context")
+    max_answer_len: int = setting(30, "qa: longest answer predicted, in pieces")
     seed: int = setting(0, "head init, data order, dropout")
     threads: int | None = setting(None, "torch threads (default: every core this process may use)")
     model_name: str | None = setting(
         None,
-        'registered name (default "<pretrained name>-classifier", "-tagger" for ner, or "albert-classifier")',
+        'registered name (default "<pretrained name>-classifier", "-tagger" for ner, "-reader" for qa; '
+        'or "albert-classifier" for a folder)',
     )
     # "random" is the control that measures what pretraining is worth: the same classifier (the pretrained model's
     # config and tokenizer, the same seed, head, data, steps and schedule) with the encoder freshly initialised.
@@ -176,12 +189,15 @@ class FinetuneConfig(Config):
             or not 0 < self.eval_share < 1
         ):
             raise UserError(f"eval_share must be a number in (0, 1), got {self.eval_share!r}")
-        for name in ("epochs", "batch_size", "max_seq_len"):
+        for name in ("epochs", "batch_size", "max_seq_len", "max_query_len", "doc_stride", "max_answer_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
         if self.max_seq_len < 3:
             raise UserError(f"max_seq_len must be >= 3 ([CLS], a token, [SEP]), got {self.max_seq_len}")
+        if self.task == "qa" and self.max_query_len + 4 > self.max_seq_len:
+            raise UserError(f"max_query_len {self.max_query_len} leaves no context in max_seq_len "
+                            f"{self.max_seq_len} (it needs max_query_len + 4 at least)")  # fmt: skip
         if isinstance(self.lr, bool) or not isinstance(self.lr, int | float) or not 0 < self.lr < math.inf:
             raise UserError(f"lr must be a positive number, got {self.lr!r}")
         if isinstance(self.warmup_ratio, bool) or not isinstance(self.warmup_ratio, int | float):
@@ -206,7 +222,7 @@ class FinetuneConfig(Config):
 
     @property
     def registered_model_name(self) -> str:
-        suffix = "tagger" if self.task == "ner" else "classifier"
+        suffix = {"classify": "classifier", "ner": "tagger", "qa": "reader"}[self.task]
         if self.model_name:
             return self.model_name
         if self.model_uri.startswith("models:/"):

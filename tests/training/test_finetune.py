@@ -33,11 +33,10 @@ from training.finetune import (
     TRAIN_LOSS,
     FinetuneConfig,
     accuracy_and_macro_f1,
-    build_classifier,
-    classifier_from_pretrained,
     finetune,
     load_splits,
 )
+from training.finetune_run import build_classifier, classifier_from_pretrained
 from training.registry import get_or_create_experiment, log_and_register, tracking_uri
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,7 +163,7 @@ def test_finetune_classifies_books_registers_and_serves(
     model_dir = Path(result["model_dir"])
     assert model_dir == mlflow_home / "finetune" / result["run_name"] / "model"
     classifier, head = load_classifier(model_dir)
-    assert head == {"labels": books_labels, "max_seq_len": 64}
+    assert head == {"labels": books_labels, "max_seq_len": 64, "inference": {}}
     assert classifier.config.num_labels == 4
 
     # A fresh process serves the registered classifier from its own copy of the code, and agrees with the
@@ -362,7 +361,7 @@ def test_classifier_folder_is_not_a_pretraining_model(tmp_path: Path) -> None:
         classifier, tmp_path / "clf", labels=["neg", "pos"], max_seq_len=32, tokenizer_dir=tokenizer_dir
     )
     loaded, head = load_classifier(folder)
-    assert head == {"labels": ["neg", "pos"], "max_seq_len": 32}
+    assert head == {"labels": ["neg", "pos"], "max_seq_len": 32, "inference": {}}
     for name, tensor in classifier.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor), name
     with pytest.raises(UserError, match="unsupported model format 'albert-classifier/1'"):
