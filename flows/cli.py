@@ -283,10 +283,31 @@ def cmd_doctor(args: argparse.Namespace) -> dict[str, Any]:
     return doctor(albert_home(args.home))
 
 
-def cmd_flows_serve(args: argparse.Namespace) -> dict[str, Any]:
-    from flows.deploy import serve_deployments
+def _finetune_config(path: str | None) -> Any:
+    """The fine-tuning config of `albert-finetune/on-promoted`, from a JSON file (None: no such deployment)."""
+    from training.config import FinetuneConfig
 
-    serve_deployments(home=args.home, cron=args.cron, sources=args.sources, corpus=args.corpus)
+    if path is None:
+        return None
+    flag = "--finetune-config-json"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"{flag}: cannot read {path}: {e.strerror}") from None
+    try:
+        return FinetuneConfig.from_dict(json_flag(text, flag))
+    except UserError as e:
+        raise UserError(f"{flag} {path}: {e}") from None
+
+
+def cmd_flows_serve(args: argparse.Namespace) -> dict[str, Any]:
+    from flows.deploy import FINETUNE_DEPLOYMENT, NO_FINETUNE_CONFIG, serve_deployments
+
+    finetune_config = _finetune_config(args.finetune_config_json)
+    if finetune_config is None:
+        progress(f"{FINETUNE_DEPLOYMENT}: {NO_FINETUNE_CONFIG}")
+    serve_deployments(home=args.home, cron=args.cron, sources=args.sources, corpus=args.corpus,
+                      finetune_config=finetune_config)  # fmt: skip
     return {"served": True}
 
 
@@ -294,7 +315,7 @@ def cmd_flows_deploy(args: argparse.Namespace) -> dict[str, Any]:
     from flows.deploy import deploy_to_pool
 
     return deploy_to_pool(work_pool=args.work_pool, home=args.home, cron=args.cron, sources=args.sources,
-                          corpus=args.corpus)  # fmt: skip
+                          corpus=args.corpus, finetune_config=_finetune_config(args.finetune_config_json))  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--cron", default="0 2 * * *", help="ingestion schedule (cron, UTC; default 02:00 daily)"
         )
+        p.add_argument("--finetune-config-json", metavar="FILE",
+                       help="a fine-tuning config as a JSON object (`albert finetune --help` lists its fields); "
+                            "adds albert-finetune/on-promoted, which fine-tunes each new champion of the model "
+                            "its model_uri names (models:/NAME@champion)")  # fmt: skip
         if name == "deploy":
             p.add_argument(
                 "--work-pool", default="albert-process", help="process work pool (created if missing)"

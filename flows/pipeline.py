@@ -6,8 +6,11 @@ caching, artifacts, events, schedules and the UI.
                     when a new version got its shards
     train_flow      shards (or a corpus's newest shards) -> pretraining on local Ray, or on a Ray cluster through
                     the Jobs API -> registered model version (alias `candidate`)
-    promote_flow    candidate vs champion on the same held-out shards -> alias `champion` moves, or not, and why
-    pipeline_flow   the three in a row (`albert demo`)
+    promote_flow    candidate vs champion on the same held-out shards -> alias `champion` moves, or not, and why;
+                    emits `albert.model.promoted` when a version becomes the new champion (`albert promote` too)
+    finetune_flow   a registered model (the config's, or the version that event names) fine-tuned on labelled
+                    files -> registered classifier or tagger version (alias `candidate`)
+    pipeline_flow   ingest, train and promote in a row (`albert demo`)
 
 With a Jobs API address (the flow's `ray_address`, else $ALBERT_RAY_ADDRESS or $RAY_API_SERVER_ADDRESS), every
 data step and the training run is an `albert … --json` Ray job on that cluster (flows/ray_jobs.py); without one,
@@ -33,11 +36,15 @@ from albert_core.errors import UserError
 from albert_core.storage import albert_home
 from data_jobs.config import IngestConfig, ShardsConfig, TokenizerJobConfig
 from flows.ray_jobs import PROJECT_ROOT, jobs_address, run_cli_job
-from training.config import TrainConfig
+from training.config import FinetuneConfig, TrainConfig
 
-__all__ = ["CORPUS_PUBLISHED", "PROJECT_ROOT", "ingest_flow", "pipeline_flow", "promote_flow", "train_flow"]
+__all__ = [
+    "CORPUS_PUBLISHED", "MODEL_PROMOTED", "PROJECT_ROOT", "finetune_flow", "ingest_flow", "pipeline_flow",
+    "promote_flow", "train_flow",
+]  # fmt: skip
 
 CORPUS_PUBLISHED = "albert.corpus.published"
+MODEL_PROMOTED = "albert.model.promoted"
 
 
 def _retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
@@ -213,6 +220,14 @@ def promote_task(
     return decision
 
 
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_retry_unless_user_error)
+def finetune_task(config: dict[str, Any], home: str) -> dict[str, Any]:
+    """Fine-tuning in this process (no Ray: the data is small); a lost tracking server is worth a retry."""
+    from training.finetune import finetune
+
+    return finetune(FinetuneConfig.from_dict(config), home=Path(home), progress=_log)
+
+
 # --- flows ---------------------------------------------------------------------------------------------------
 
 
@@ -303,10 +318,40 @@ def promote_flow(
     """Gate `version` (default: the `candidate`) against the champion on the same held-out shards (default: the
     eval split of the shards the candidate was trained on)."""
     policy = {"margin": margin, "eval_shards": eval_shards, "max_sequences": max_sequences}
-    decision = promote_task(model_name, str(albert_home(home)), version, policy, force, reason)
+    root = str(albert_home(home))
+    decision = promote_task(model_name, root, version, policy, force, reason)
     create_markdown_artifact(_promote_report(decision), key=_artifact_key("promote", model_name),
                              description=f"promotion decision for {model_name}")  # fmt: skip
+    # Only a champion that changed: not a rejection, nor a repeated call on the version already champion.
+    if decision["promoted"] and decision["champion_version"] != decision["previous_champion"]:
+        # Pinned to the version, not `@champion`: a run triggered late fine-tunes the model that was promoted.
+        # emit_event logs and swallows a delivery failure (and is a no-op without an API): never fails a promotion.
+        emit_event(
+            event=MODEL_PROMOTED,
+            resource={"prefect.resource.id": f"albert.model.{model_name}", "prefect.resource.name": model_name},
+            payload={"model_name": model_name, "version": decision["version"],
+                     "model_uri": f"models:/{model_name}/{decision['version']}",
+                     "previous_champion": decision["previous_champion"], "forced": decision["forced"],
+                     "eval_shards": decision["eval_shards"], "home": root},
+        )  # fmt: skip
     return decision
+
+
+@flow(name="albert-finetune")
+def finetune_flow(
+    finetune_config: FinetuneConfig,
+    model_uri: str | None = None,
+    home: str | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a registered model with `finetune_config` (`albert finetune --help` lists its fields: task,
+    train and eval files, epochs, ...); `model_uri` (e.g. `models:/NAME/3`, what `albert.model.promoted`
+    carries) replaces the config's. Registers the classifier (or tagger) as a new version aliased `candidate`
+    and returns the fine-tuning summary. The data files must be readable where the flow runs."""
+    cfg = finetune_config.replace(model_uri=model_uri) if model_uri else finetune_config
+    summary = finetune_task(cfg.to_dict(), str(albert_home(home)))
+    create_markdown_artifact(_finetune_report(cfg, summary), description=f"fine-tuning run {summary['run_name']}",
+                             key=_artifact_key("finetune", cfg.registered_model_name))  # fmt: skip
+    return summary
 
 
 @flow(name="albert-pipeline")
@@ -372,6 +417,18 @@ def _train_report(summary: dict[str, Any]) -> str:
             ("tokens/s", summary["tokens_per_second"])]  # fmt: skip
     rows += [(k, f"{v:.4f}") for k, v in sorted(summary["metrics"].items())]
     return f"# Training run `{summary['run_name']}`\n\n{_table(rows)}\n"
+
+
+def _finetune_report(cfg: FinetuneConfig, summary: dict[str, Any]) -> str:
+    rows = [("run", summary["run_name"]), ("MLflow run", summary["run_id"]),
+            ("model", f"`{summary['model_uri']}` (alias `candidate`)"),
+            ("pretrained model", f"`{cfg.model_uri}` (version {summary.get('pretrained_model_version') or '-'})"),
+            ("train file", f"`{cfg.train_path}`"), ("eval file", f"`{cfg.eval_path or '-'}`")]  # fmt: skip
+    # The figures differ by task (accuracy and macro-F1, entity F1, ...): every number the summary holds.
+    shown = {"run_id", "model_version", "pretrained_model_version"}
+    rows += [(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in sorted(summary.items())
+             if isinstance(v, int | float) and not isinstance(v, bool) and k not in shown]  # fmt: skip
+    return f"# Fine-tuning run `{summary['run_name']}` ({cfg.task})\n\n{_table(rows)}\n"
 
 
 def _promote_report(decision: dict[str, Any]) -> str:

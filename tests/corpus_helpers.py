@@ -1,14 +1,17 @@
 """Corpus versions built straight from real text (without ingestion), for tests that need exact control over
-document ids and file counts: WikiText articles and zhwiki documents as `publish_version` lays them out."""
+document ids and file counts: WikiText articles and zhwiki documents as `publish_version` lays them out. Also a
+small labelled set for fine-tuning: book sentences labelled by their book."""
 
 import hashlib
+import json
+import random
 import re
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from albert_core.text import normalize, split_sentences
+from albert_core.text import join_wrapped_lines, normalize, split_sentences
 from data_jobs.corpus import DOCS_SCHEMA, publish_version
 
 _TITLE = re.compile(r"^ = [^=].* = $")  # ` = Title = ` starts an article; ` = = Section = = ` does not
@@ -82,3 +85,25 @@ def drifting_documents(documents: int, *, seed: int = 0, groups: int = 24, group
             body.append(" ".join(rng.permutation(words)).capitalize() + ".")
         docs[f"drift:{d:05d}"] = body
     return docs
+
+
+def book_sentences(
+    corpora: Path, folder: Path, *, train: int, evaluation: int,
+    books: tuple[str, ...] = ("carroll-alice", "chesterton-thursday"),
+) -> tuple[Path, Path]:  # fmt: skip
+    """train.jsonl and eval.jsonl in `folder`: `train` and `evaluation` sentences of each Gutenberg book (disjoint,
+    40-300 characters), labelled by the book: a fine-tuning task on real text, small enough for a flow test."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict[str, str]]] = {"train": [], "eval": []}
+    for book in books:
+        text = normalize((corpora / "gutenberg" / f"{book}.txt").read_text(encoding="utf-8"))
+        sentences = [s for paragraph in join_wrapped_lines(text.split("\n")) for s in split_sentences(paragraph)
+                     if 40 <= len(s) <= 300]  # fmt: skip
+        random.Random(book).shuffle(sentences)
+        rows["train"] += [{"text": s, "label": book} for s in sentences[:train]]
+        rows["eval"] += [{"text": s, "label": book} for s in sentences[train : train + evaluation]]
+    for split, items in rows.items():
+        (folder / f"{split}.jsonl").write_text(
+            "".join(json.dumps(row) + "\n" for row in items), encoding="utf-8"
+        )
+    return folder / "train.jsonl", folder / "eval.jsonl"

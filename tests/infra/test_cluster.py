@@ -5,8 +5,9 @@ worker, a two-node Ray cluster, all processes on 127.0.0.1. Through it: the depl
 Prefect server, `albert-ingest/scheduled` is run by hand and picked up by the worker, which runs each data step
 as a Ray job (Jobs API) whose tasks spread over both nodes and whose rows equal a local run's; its
 `albert.corpus.published` event triggers `albert-train/on-corpus`, which trains as a Ray job (Jobs API) on both
-nodes and promotes; metrics land in PostgreSQL, artifacts in S3, and the champion loads in a fresh process that
-knows only MLFLOW_TRACKING_URI. Stopping the stack leaves no process behind.
+nodes and promotes; the new champion's `albert.model.promoted` event triggers `albert-finetune/on-promoted`, which
+fine-tunes that version on the worker; metrics land in PostgreSQL, artifacts in S3, and the champion loads in a
+fresh process that knows only MLFLOW_TRACKING_URI. Stopping the stack leaves no process behind.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from infra.local.stack import (
     start_stack,
     stop_stack,
 )
+from tests.corpus_helpers import book_sentences
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1500), pytest.mark.usefixtures("uses_servers")]
 
@@ -56,6 +58,8 @@ SHARDS = {"max_seq_len": 64, "eval_share": 0.1}
 TRAIN = {"max_steps": 10, "batch_size": 8, "workers": 2}
 TRAIN_OPTIONS = {"model_overrides": {"num_hidden_layers": 2}, "eval_every": 10, "checkpoint_every": 10,
                  "eval_sequences": 64, "model_name": MODEL}  # fmt: skip
+# Fine-tuning of the new champion: a tiny labelled set, one epoch (seconds; the run's start-up dominates).
+FINETUNE = {"epochs": 1, "batch_size": 16, "max_seq_len": 32, "threads": 1}
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DATA_JOBS = ("ingest", "tokenizer", "tokenize", "shards")  # ingest_flow's steps, one Ray job each
 
@@ -136,18 +140,43 @@ def _ray(stack: Stack, path: str, **query: Any) -> Any:
     return json.loads(text)
 
 
+def _wait_for_run(deployment_id: str, what: str, stack: Stack, timeout_s: float) -> dict[str, Any]:
+    """The one flow run an event trigger created for `deployment_id`, once it has ended."""
+    deadline, runs = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        runs = _prefect("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}},
+                                              "sort": "EXPECTED_START_TIME_DESC"})  # fmt: skip
+        if runs and runs[0]["state"]["type"] in TERMINAL:
+            break
+        time.sleep(3)
+    assert runs, f"no {what} run was triggered\n{_logs(stack, 'prefect-server', 'prefect-worker')}"
+    (run,) = runs  # exactly one event, one run
+    assert run["state"]["type"] == "COMPLETED", (
+        f"{what} flow run ended {run['state']['type']}: {run['state'].get('message')}\n"
+        f"{_logs(stack, 'prefect-worker')}"
+    )
+    return run
+
+
 @pytest.fixture(scope="module")
-def pipeline(stack: Stack, stack_env: dict[str, str], corpora: Path) -> dict[str, Any]:
-    """Deploy on the server, run ingestion by hand, wait for the event-triggered training (and promotion)."""
+def pipeline(
+    stack: Stack, stack_env: dict[str, str], corpora: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """Deploy on the server, run ingestion by hand, wait for the event-triggered training (and promotion), then
+    for the fine-tuning the new champion triggers."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.deployments import run_deployment
 
     from flows.deploy import deploy_to_pool
+    from training.config import FinetuneConfig
 
     started = time.perf_counter()
+    train, evaluation = book_sentences(corpora, tmp_path_factory.mktemp("finetune"), train=24, evaluation=8)
+    finetune = FinetuneConfig(model_uri=f"models:/{MODEL}@champion", train_path=str(train),
+                              eval_path=str(evaluation), **FINETUNE)  # fmt: skip
     deployed = deploy_to_pool(work_pool=WORK_POOL, home=str(stack.home), cron="0 2 * * *",
-                              sources=_sources(corpora), corpus=CORPUS)  # fmt: skip
+                              sources=_sources(corpora), corpus=CORPUS, finetune_config=finetune)  # fmt: skip
     # A tiny, quick run on the Ray cluster through the Jobs API: the trigger passes shards, home and promote;
     # the rest comes from the deployment's parameters.
     options = TRAIN_OPTIONS | {"placement_strategy": "STRICT_SPREAD"}  # one DDP worker per node
@@ -167,29 +196,21 @@ def pipeline(stack: Stack, stack_env: dict[str, str], corpora: Path) -> dict[str
         f"ingest flow run {ingest.id} ended {ingest.state}\n{_logs(stack, 'prefect-worker')}"
     )
 
-    # The automation on `albert.corpus.published` creates the training run; the worker picks it up.
-    deadline, runs = time.monotonic() + 900, []
-    while time.monotonic() < deadline:
-        runs = _prefect("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [train_id]}},
-                                              "sort": "EXPECTED_START_TIME_DESC"})  # fmt: skip
-        if runs and runs[0]["state"]["type"] in TERMINAL:
-            break
-        time.sleep(3)
-    assert runs, (
-        f"no albert-train/on-corpus run was triggered\n{_logs(stack, 'prefect-server', 'prefect-worker')}"
-    )
-    (train_run,) = runs  # exactly one event, one run
-    assert train_run["state"]["type"] == "COMPLETED", (
-        f"train flow run ended {train_run['state']['type']}: {train_run['state'].get('message')}\n"
-        f"{_logs(stack, 'prefect-worker')}"
-    )
-    print(f"\npipeline through the servers took {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    # The automation on `albert.corpus.published` creates the training run; the worker picks it up. Its promotion
+    # makes the first champion, whose `albert.model.promoted` event creates the fine-tuning run.
+    train_run = _wait_for_run(train_id, "albert-train/on-corpus", stack, timeout_s=900)
+    trained = time.perf_counter()
+    finetune_id = deployed["deployments"]["albert-finetune/on-promoted"]
+    finetune_run = _wait_for_run(finetune_id, "albert-finetune/on-promoted", stack, timeout_s=300)
+    print(f"\npipeline through the servers took {time.perf_counter() - started:.0f} s, of which the "
+          f"triggered fine-tuning {time.perf_counter() - trained:.0f} s", file=sys.stderr)  # fmt: skip
     return {
         "deployed": deployed,
         "ingest_run": ingest,
         "train_run": train_run,
         "train_parameters": train_run["parameters"],
         "train_schema": train_schema,
+        "finetune_run": finetune_run,
     }
 
 
@@ -225,6 +246,20 @@ def test_the_event_triggers_training_with_the_deployment_parameters(pipeline: di
     fields = pipeline["train_schema"]["definitions"]["TrainConfig"]["properties"]
     assert set(fields) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert fields["optimizer"]["enum"] == ["lamb", "adamw"] and fields["lr"]["default"] == TrainConfig().lr
+
+
+def test_the_new_champion_triggers_fine_tuning_of_that_version(
+    stack: Stack, pipeline: dict[str, Any]
+) -> None:
+    from mlflow import MlflowClient
+
+    params = pipeline["finetune_run"]["parameters"]
+    assert params["model_uri"] == f"models:/{MODEL}/1"  # the event's pinned version, not the alias
+    assert params["home"] == str(stack.home) and params["finetune_config"]["epochs"] == FINETUNE["epochs"]
+    client = MlflowClient(stack.urls["mlflow"], registry_uri=stack.urls["mlflow"])
+    version = client.get_model_version_by_alias(f"{MODEL}-classifier", "candidate")
+    assert version.tags["pretrained_model_version"] == "1"
+    assert client.get_run(version.run_id).info.status == "FINISHED"
 
 
 def test_training_ran_as_a_ray_job_on_both_nodes(stack: Stack, pipeline: dict[str, Any]) -> None:
