@@ -59,7 +59,7 @@ def cmd_export_hf(args: argparse.Namespace) -> dict[str, Any]:
     if (source / "manifest.json").is_file() and read_json(source / "manifest.json").get(
         "format"
     ) == CLASSIFIER_FORMAT:
-        # a fine-tuned model: AlbertForSequenceClassification or AlbertForTokenClassification, labels named
+        # a fine-tuned model: AlbertFor{Sequence,Token}Classification or AlbertForQuestionAnswering
         model, head = load_classifier(source)
         outdir = export_hf_head(model, head["labels"], args.outdir, tokenizer_dir)
         kind = type(model).__name__
@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "finetune",
         cmd_finetune,
-        "fine-tune a registered model: text classification, or named entities (--task ner)",
+        "fine-tune a registered model: text classification, named entities (--task ner) or answers (--task qa)",
     )
     p.add_argument(
         "--model",
@@ -467,13 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--train",
         dest="train_path",
         required=True,
-        help="training examples: JSONL, CSV or Parquet (--task ner: CoNLL or JSONL tokens/tags)",
+        help="training examples: JSONL, CSV or Parquet (--task ner: CoNLL or JSONL tokens/tags; "
+        "--task qa: SQuAD v1.1/v2.0 JSON)",
     )
     p.add_argument(
         "--eval",
         dest="eval_path",
         default=argparse.SUPPRESS,
-        help="held-out examples, same format (--task ner: default, --eval-share of --train by a hash)",
+        help="held-out examples, same format (--task ner, qa: default, --eval-share of --train by a hash)",
     )
     add_config_flags(p, FinetuneConfig, skip=("model_uri", "train_path", "eval_path"))
 
