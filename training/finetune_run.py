@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -37,6 +37,7 @@ from albert_core.tokenizer import SentencePieceTokenizer
 from training.config import FinetuneConfig, parse_model_uri
 from training.tracking import MlflowTracker
 
+T = TypeVar("T")
 EXPERIMENT = "albert-finetuning"
 WEIGHT_DECAY = 0.01  # the reference's AdamWeightDecayOptimizer; not on LayerNorm or biases
 # Figures an MLflow outage kept from the run, beside the model folder (`tracking.replay_spilled` logs them).
@@ -65,6 +66,23 @@ def absolute_location(uri_or_path: str | Path) -> str:
     """A URI as given; a local path made absolute, so lineage tags still point at it from elsewhere."""
     text = str(uri_or_path)
     return text if ":/" in text else str(Path(text).absolute())
+
+
+def train_and_held_out(
+    cfg: FinetuneConfig, read: Callable[[Any], list[T]], held_out: Callable[[T, float], bool], what: str
+) -> tuple[list[T], list[T]]:
+    """(train, eval) examples: `cfg.eval_path` read, or the `cfg.eval_share` of `cfg.train_path` that
+    `held_out` picks (by a hash, so the split never depends on file order). `what` names the examples."""
+    examples = read(cfg.train_path)
+    if cfg.eval_path is not None:
+        train, evaluation = examples, read(cfg.eval_path)
+    else:
+        train = [x for x in examples if not held_out(x, cfg.eval_share)]
+        evaluation = [x for x in examples if held_out(x, cfg.eval_share)]
+    if not train or not evaluation:
+        raise UserError(f"{cfg.train_path}: {len(train)} training and {len(evaluation)} held-out {what}; "
+                        "both parts need some (change eval_share, or give --eval)")  # fmt: skip
+    return train, evaluation
 
 
 def classifier_from_pretrained(

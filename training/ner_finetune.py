@@ -26,7 +26,7 @@ from albert_core.tokenizer import SentencePieceTokenizer
 from training import ner_pyfunc
 from training.config import FinetuneConfig
 from training.finetune import TRAIN_LOSS, index_batches, labels_tag, padded, train_epoch
-from training.finetune_run import FinetuneRun
+from training.finetune_run import FinetuneRun, train_and_held_out
 from training.ner import (
     IGNORE,
     OUTSIDE,
@@ -44,15 +44,7 @@ EVAL_F1, EVAL_PRECISION, EVAL_RECALL = "eval_entity_f1", "eval_entity_precision"
 
 def load_sentences(cfg: FinetuneConfig) -> tuple[list[Sentence], list[Sentence], list[str]]:
     """(train, eval, labels): read and checked before anything is downloaded or logged."""
-    sentences = read_tagged(cfg.train_path)
-    if cfg.eval_path is not None:
-        train, evaluation = sentences, read_tagged(cfg.eval_path)
-    else:
-        train = [s for s in sentences if not held_out(s, cfg.eval_share)]
-        evaluation = [s for s in sentences if held_out(s, cfg.eval_share)]
-    if not train or not evaluation:
-        raise UserError(f"{cfg.train_path}: {len(train)} training and {len(evaluation)} held-out sentences; "
-                        "both parts need some (change eval_share, or give --eval)")  # fmt: skip
+    train, evaluation = train_and_held_out(cfg, read_tagged, held_out, "sentences")
     labels = labels_of(train)
     unseen = sorted({tag for s in evaluation for tag in s.tags} - set(labels))
     if unseen:

@@ -21,13 +21,12 @@ from typing import Any
 
 import torch
 
-from albert_core.errors import UserError
 from albert_core.extractive import answer_spans, window_batch
 from albert_core.model import AlbertForQuestionAnswering
 from training import qa_pyfunc
 from training.config import FinetuneConfig
 from training.finetune import TRAIN_LOSS, index_batches, train_epoch
-from training.finetune_run import FinetuneRun
+from training.finetune_run import FinetuneRun, train_and_held_out
 from training.qa import Encoded, Question, encode_questions, held_out, read_squad, squad_scores
 
 EVAL_EXACT_MATCH, EVAL_F1 = "eval_exact_match", "eval_f1"
@@ -36,16 +35,7 @@ LABELS = ["start", "end"]  # the two outputs per token, as `id2label` of the exp
 
 def load_questions(cfg: FinetuneConfig) -> tuple[list[Question], list[Question]]:
     """(train, eval): read and checked before anything is downloaded or logged."""
-    questions = read_squad(cfg.train_path)
-    if cfg.eval_path is not None:
-        train, evaluation = questions, read_squad(cfg.eval_path)
-    else:
-        train = [q for q in questions if not held_out(q, cfg.eval_share)]
-        evaluation = [q for q in questions if held_out(q, cfg.eval_share)]
-    if not train or not evaluation:
-        raise UserError(f"{cfg.train_path}: {len(train)} training and {len(evaluation)} held-out questions; "
-                        "both parts need some (change eval_share, or give --eval)")  # fmt: skip
-    return train, evaluation
+    return train_and_held_out(cfg, read_squad, held_out, "questions")
 
 
 def predict_answers(

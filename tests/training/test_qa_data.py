@@ -133,7 +133,10 @@ def test_best_span_is_the_most_probable_allowed_pair() -> None:
     p_start, p_end = start[[0, 3, 4, 5, 6, 7]].softmax(-1), end[[0, 3, 4, 5, 6, 7]].softmax(-1)
     assert span.probability == pytest.approx(float(p_start[2] * p_end[5]))
     assert null == pytest.approx(float(p_start[0] * p_end[0]))
-    a, b = Span(3, 4, 0.4), Span(7, 7, 0.6)  # the best span over windows; no answer if every window's beats it
+    a, b = (
+        Span(3, 4, 0.4),
+        Span(7, 7, 0.6),
+    )  # the best span over windows; no answer if every window's beats it
     assert choose([(a, 0.7), (b, 0.9)], allow_no_answer=True) == Span(None, None, 0.7)
     assert choose([(a, 0.5), (b, 0.9)], allow_no_answer=True) == b
     assert choose([(a, 0.7), (b, 0.9)], allow_no_answer=False) == b
@@ -170,6 +173,21 @@ def test_squad_script_normalization_and_scores() -> None:
     ]
     scores = squad_scores(questions, ["1912", "ship", "", "ship"])
     assert scores["has_answer"]["exact_match"] == 0.5
-    assert scores["has_answer"]["f1"] == pytest.approx((1.0 + 2 * (1 * 0.5) / 1.5) / 2)  # "ship" vs "ship sank"
+    assert scores["has_answer"]["f1"] == pytest.approx(
+        (1.0 + 2 * (1 * 0.5) / 1.5) / 2
+    )  # "ship" vs "ship sank"
     assert scores["no_answer"] == {"exact_match": 0.5, "f1": 0.5, "total": 2}
     assert scores["exact_match"] == 0.5 and scores["total"] == 4
+
+
+def test_a_split_with_an_empty_side_is_refused(tmp_path: Path) -> None:
+    from training.config import FinetuneConfig
+    from training.qa_finetune import load_questions
+
+    ok = {"id": "a", "question": "When?", "answers": [{"text": "1912", "answer_start": 17}]}
+    path = _write(tmp_path / "one.json", [ok])  # one context: it lands on one side whatever the share
+    cfg = FinetuneConfig(model_uri="models:/m/1", train_path=path, task="qa", eval_share=0.5)
+    with pytest.raises(UserError, match=r"one.json: [01] training and [01] held-out questions; both parts need"):
+        load_questions(cfg)
+    train, evaluation = load_questions(cfg.replace(eval_path=path))
+    assert [q.id for q in train] == [q.id for q in evaluation] == ["a"]
