@@ -121,6 +121,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     server = sys.modules.get("prefect.server.api.server")
     if server is None:
         return
+    # Logs and events still queued for that server go out first: drained at exit instead, each would retry a
+    # stopped server for over a minute ("--- Error logging to API ---" after the summary).
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        service.drain_all(timeout=10, at_exit=False)
     logging.disable(
         logging.INFO
     )  # its "Stopping temporary server" line would go to that server's own log API
