@@ -148,20 +148,19 @@ class FinetuneRun:
             limit = self.pretrained.config.max_position_embeddings
             if cfg.max_seq_len > limit:
                 raise UserError(f"max_seq_len {cfg.max_seq_len} exceeds the model's {limit} positions")
+            weights = read_json(self.pretrained_dir / "manifest.json")["files"]["model.safetensors"]
+            self.lineage = {
+                "task": cfg.task,
+                "init": cfg.init,  # "random": only the config and tokenizer come from the pretrained model
+                "pretrained_model_uri": absolute_location(cfg.model_uri),
+                "pretrained_model_version": self.pretrained_version,
+                "pretrained_model_sha256": weights,
+                "train_sha256": sha256_file(cfg.train_path),
+                "eval_sha256": sha256_file(cfg.eval_path) if cfg.eval_path else f"held out {cfg.eval_share}",
+            }
         except BaseException:
             self._stack.close()
             raise
-        self.lineage = {
-            "task": cfg.task,
-            "init": cfg.init,  # "random": only the config and tokenizer come from the pretrained model
-            "pretrained_model_uri": absolute_location(cfg.model_uri),
-            "pretrained_model_version": self.pretrained_version,
-            "pretrained_model_sha256": read_json(self.pretrained_dir / "manifest.json")["files"][
-                "model.safetensors"
-            ],
-            "train_sha256": sha256_file(cfg.train_path),
-            "eval_sha256": sha256_file(cfg.eval_path) if cfg.eval_path else f"held out {cfg.eval_share}",
-        }
         return self
 
     def __exit__(self, *exc: object) -> None:
