@@ -1,11 +1,20 @@
-"""Parity with transformers.AlbertForPreTraining: same keys, same shapes, same logits, both directions."""
+"""Parity with transformers.AlbertForPreTraining (same keys, same shapes, same logits, both directions) and with
+the fine-tuned heads' classes (sequence and token classification, question answering)."""
+
+from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
 from albert_core import AlbertConfig, AlbertForPreTraining, UserError
-from albert_core.hf import TIED_KEYS, from_hf, from_hf_config, to_hf, to_hf_config
+from albert_core.hf import TIED_KEYS, export_hf_head, from_hf, from_hf_config, to_hf, to_hf_config
+from albert_core.model import (
+    AlbertForQuestionAnswering,
+    AlbertForSequenceClassification,
+    AlbertForTokenClassification,
+)
+from albert_core.tokenizer import SentencePieceTokenizer
 
 
 def inputs(cfg: AlbertConfig, B: int = 2, T: int = 64) -> dict[str, torch.Tensor]:
@@ -83,3 +92,40 @@ def test_config_mapping_round_trip_and_none_sharing() -> None:
 def test_partial_sharing_cannot_be_exported(sharing: str) -> None:
     with pytest.raises(UserError, match="cannot represent"):
         to_hf(AlbertForPreTraining(AlbertConfig.from_preset("tiny", sharing=sharing)))
+
+
+@pytest.mark.parametrize(
+    ("head", "labels", "outputs"),
+    [
+        (AlbertForSequenceClassification, ["neg", "pos", "mixed"], ("logits",)),
+        (AlbertForTokenClassification, ["O", "B-per", "I-per"], ("logits",)),
+        (AlbertForQuestionAnswering, ["start", "end"], ("start_logits", "end_logits")),
+    ],
+)
+def test_fine_tuned_heads_export_to_their_transformers_class(
+    head: type, labels: list[str], outputs: tuple[str, ...], tmp_path: Path, corpora: Path
+) -> None:
+    lines = (corpora / "wikitext2-valid.raw.txt").read_text(encoding="utf-8").splitlines()[:2000]
+    tokenizer = SentencePieceTokenizer.train(lines, vocab_size=600, lowercase=True)
+    tokenizer_dir = tokenizer.save(tmp_path / "tokenizer")
+    torch.manual_seed(0)
+    cfg = AlbertConfig.from_preset("tiny", vocab_size=600, num_labels=len(labels))
+    ours = head(cfg).eval()
+    export_hf_head(ours, labels, tmp_path / "hf", tokenizer_dir)
+    theirs, info = getattr(transformers, head.__name__).from_pretrained(
+        tmp_path / "hf", output_loading_info=True
+    )
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    assert theirs.config.id2label == dict(enumerate(labels))
+    batch = inputs(cfg)
+    # per-token outputs: padded positions are undefined on both sides
+    keep = slice(None) if head is AlbertForSequenceClassification else batch["attention_mask"].bool()
+    with torch.no_grad():
+        for name in outputs:
+            mine, hf = getattr(ours(**batch), name), getattr(theirs.eval()(**batch), name)
+            assert (mine[keep] - hf[keep]).abs().max() <= 1e-5
+    if head is AlbertForSequenceClassification:  # the pipeline a user reaches for, with our tokenizer
+        folder = str(tmp_path / "hf")
+        classify = transformers.pipeline("text-classification", model=folder, tokenizer=folder)
+        (answer,) = classify("It was the best of times.")
+        assert answer["label"] in labels and 0 < answer["score"] <= 1
