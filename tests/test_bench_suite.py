@@ -87,6 +87,15 @@ RESULTS = {
                    "seed_difference_sd": 0.05,
                    "per_seed": [{"difference": 0.06, "margin": 0.06}, {"difference": 0.18, "margin": 0.06}]},
     },
+    # as benchmarks.ner_transfer writes it: entity F1 per init, means and two fine-tuning seeds
+    "ner_transfer": {
+        "quick": False, "env": ENV, "setup": {"pretraining": {"steps": 600}},
+        "result": {"pretrained": {"f1": 0.12, "precision": 0.13, "recall": 0.11},
+                   "random": {"f1": 0.15, "precision": 0.16, "recall": 0.14},
+                   "difference": -0.03, "standard_error": 0.02, "z": -1.5, "seeds": [0, 1], "seed_difference_sd": 0.01,
+                   "per_seed": [{"pretrained": {"f1": 0.12}, "random": {"f1": 0.16}},
+                                {"pretrained": {"f1": 0.12}, "random": {"f1": 0.12}}]},
+    },
     # as benchmarks.scale writes them: evaluated there, 100 vs 10 MB in a quick run
     "scale": {
         "quick": True, "env": ENV,
@@ -117,7 +126,7 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
     summary = suite.write_summary(paths)
     assert list(summary) == ["P1_spm", "P1_hf", "P2_speed", "P2_rss", "P3", "P4_static", "P4_dynamic",
                              "P5_demo", "P5_demo_quick", "P6", "P8", "P9_rss", "P9_rss_growth",
-                             "P9_throughput", "P9_e2e", "P10_transfer"]  # fmt: skip
+                             "P9_throughput", "P9_e2e", "P10_transfer", "P10_ner"]  # fmt: skip
     assert json.loads((paths.results / "summary.json").read_text()) == summary
 
     assert summary["P1_spm"]["ratio"] == spread(0.89, 0.8, 0.95) and summary["P1_spm"]["met"] is True
@@ -144,6 +153,10 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
         summary["P10_transfer"]["ratio"] == spread(2.0, 1.0, 3.0) and summary["P10_transfer"]["met"] is True
     )
     assert "pretrained 0.500 vs random init 0.380" in summary["P10_transfer"]["figures"]
+    # NER transfer: pretrained entity F1 over random init's (0.12 / 0.15), the seeds' ratios (0.75, 1) the spread
+    assert summary["P10_ner"]["ratio"] == pytest.approx(spread(0.8, 0.75, 1.0))
+    assert summary["P10_ner"]["met"] is False and summary["P10_ner"]["source"] == "ner_transfer.json"
+    assert "entity F1 pretrained 0.120 vs random init 0.150 (-0.030" in summary["P10_ner"]["figures"]
     # scale: GB at most 3, growth at most 1.5x, MB/s per core at least 2; a failed stage says which
     assert summary["P9_rss"]["ratio"]["median"] == 2.5 and summary["P9_rss"]["met"] is True
     assert summary["P9_rss"]["unit"] == "GB" and "quick: no 1 GB run" in summary["P9_rss"]["figures"]
@@ -151,7 +164,7 @@ def test_one_entry_per_goal_with_ratio_met_and_context(paths: suite.Paths) -> No
     assert summary["P9_throughput"]["status"] == "not run: tokenize failed at 100 MB: exit code 1: out of memory"  # fmt: skip
 
     md = (paths.results / "summary.md").read_text()
-    assert md.count("\n| P") == 16 and "**missed**" in md and "| P6 |" in md
+    assert md.count("\n| P") == 17 and "**missed**" in md and "| P6 |" in md
 
 
 def test_failed_and_unreadable_benchmarks_are_not_trusted(paths: suite.Paths) -> None:
@@ -159,6 +172,18 @@ def test_failed_and_unreadable_benchmarks_are_not_trusted(paths: suite.Paths) ->
     summary = suite.write_summary(paths, failed={"model_step"})
     assert summary["P3"]["status"] == "failed" and summary["P3"]["met"] is None  # its old JSON is stale
     assert summary["P6"]["status"].startswith("unreadable (KeyError")
+
+
+def test_ner_transfer_without_an_entity_found_is_not_a_measurement(paths: suite.Paths) -> None:
+    data = RESULTS["ner_transfer"]
+    zero = {"f1": 0.0, "precision": 0.0, "recall": 0.0}
+    result = {**data["result"], "pretrained": zero, "random": zero}
+    (paths.results / "ner_transfer.json").write_text(json.dumps({**data, "quick": True, "result": result}))
+    entry = suite.build_summary(paths.results)["P10_ner"]
+    assert (
+        entry["status"] == "not run: entity F1 0 for both inits: the recipe found no entity, measures nothing"
+    )
+    assert entry["ratio"] is None and entry["met"] is None
 
 
 def test_readme_block_is_replaced_and_the_rest_kept(paths: suite.Paths) -> None:
@@ -197,6 +222,7 @@ def test_only_selects_the_benchmarks_of_the_goals_named() -> None:
     assert names(["P5_demo_quick", "train_curves"]) == ["train_curves", "demo"]
     assert names(["P9"]) == names(["P9_e2e"]) == ["scale"]
     assert names(["P8"]) == ["time_to_quality"]
+    assert names(["P10"]) == ["transfer", "ner_transfer"] and names(["P10_ner"]) == ["ner_transfer"]
     assert "learning_curve" not in names(None, quick=True) and "learning_curve" in names(None)
     with pytest.raises(UserError, match="P99"):
         suite.select(["P99"], quick=False)
