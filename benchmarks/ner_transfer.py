@@ -38,7 +38,6 @@ an entity.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -208,14 +207,7 @@ def compare(pair: dict[str, dict[str, Any]], sentences: list) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} pretraining steps on WikiText-2 valid, "
-                                                             f"one seed of {QUICK_EPOCHS} epochs")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=None, help=f"pretraining steps (default {STEPS})")
-    parser.add_argument("--seq-len", type=int, default=128, help="pretraining sequence length")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds")
-    parser.add_argument("--home", default=None, help="ALBERT_HOME to build in and reuse (default: temporary)")
-    args = parser.parse_args()
+    args = transfer.transfer_arguments(__doc__.split("\n")[0], f"one seed of {QUICK_EPOCHS} epochs")
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     seeds = tuple(args.seeds or (QUICK_SEEDS if args.quick else SEEDS))
     epochs = QUICK_EPOCHS if args.quick else EPOCHS

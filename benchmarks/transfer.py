@@ -247,15 +247,20 @@ def compare(pair: dict[str, dict[str, Any]], eval_path: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def transfer_arguments(description: str, quick: str) -> argparse.Namespace:
+    """The command line both transfer benchmarks take (`quick`: what --quick does, after the pretraining)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_STEPS} pretraining steps on WikiText-2 valid, "
-                                                             f"one seed")  # fmt: skip
+                                                             f"{quick}")  # fmt: skip
     parser.add_argument("--steps", type=int, default=None, help=f"pretraining steps (default {STEPS})")
     parser.add_argument("--seq-len", type=int, default=128, help="pretraining sequence length")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="fine-tuning seeds")
     parser.add_argument("--home", default=None, help="ALBERT_HOME to build in and reuse (default: temporary)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = transfer_arguments(__doc__.split("\n")[0], "one seed")
     steps = args.steps or (QUICK_STEPS if args.quick else STEPS)
     seeds = tuple(args.seeds or (QUICK_SEEDS if args.quick else SEEDS))
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # the home's SQLite store
