@@ -115,6 +115,21 @@ def _no_log_handler_on_a_closed_stream():
                 handler.stream = sys.__stderr__  # not setStream: it flushes the closed stream first
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_store_variables_restored():
+    """`mlflow.set_tracking_uri` / `set_registry_uri` export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, and setting
+    them back to None leaves MLFLOW_REGISTRY_URI behind: a test that points MLflow at its own store would make it
+    the registry of every later test, as if a user had chosen it (seen as a model "not found" in its own home).
+    Put both back as they were after each test."""
+    saved = {var: os.environ.get(var) for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Prefect stops its temporary API server at interpreter exit and logs that through a handler on a stream
     pytest has closed by then ("--- Logging error ---" after the summary): stop it while the streams are open."""

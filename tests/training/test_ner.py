@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from albert_core.checkpoint import load_classifier
 from albert_core.model import AlbertForTokenClassification
 from flows.cli import main
+from tests.serving import mlflow_models_serve, post
 from training.ner import held_out, read_tagged
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("uses_ray")]  # the pretrained model: Ray Train
@@ -123,3 +124,19 @@ def test_the_tagger_exports_to_transformers_and_its_pipeline(
     tag = transformers.pipeline("token-classification", model=hf, tokenizer=tokenizer)
     for found in tag("Empire State Building is in New York"):
         assert found["entity"] in head["labels"] and 0 <= found["score"] <= 1
+
+
+def test_the_tagger_answers_over_http(tagged, tmp_path: Path, uses_servers: None) -> None:
+    """`mlflow models serve` on the registered tagger: entities as plain JSON objects with offsets."""
+    home, result = tagged
+    text = "Empire State Building = ESB .  Pretty bad storm here last evening ."
+    with mlflow_models_serve("models:/albert-ner-test@candidate", result["tracking_uri"],
+                             tmp_path / "serve.log") as url:  # fmt: skip
+        status, body = post(url, {"dataframe_records": [{"text": text}]})
+        assert status == 200, body
+        (row,) = body["predictions"]
+        assert row["truncated"] is False and isinstance(row["entities"], list)
+        for entity in row["entities"]:
+            assert text[entity["start"] : entity["end"]] == entity["text"]
+        status, body = post(url, {"dataframe_records": [{"txt": text}]})
+        assert status == 400 and "text" in body["message"] and "stack_trace" not in body, body

@@ -24,6 +24,7 @@ from albert_core.extractive import question_pieces, windows
 from albert_core.model import AlbertForQuestionAnswering
 from albert_core.tokenizer import SentencePieceTokenizer
 from flows.cli import main
+from tests.serving import mlflow_models_serve, post
 from tests.squad_builder import YEAR, build_squad, write_squad
 from training.qa import held_out, read_squad, squad_scores
 
@@ -162,3 +163,30 @@ def test_the_reader_exports_to_transformers(reader, tmp_path: Path, capsys: pyte
         s, e = divmod(int(pairs.argmax()), pairs.shape[1])
         hf_answer = q.context[int(offsets[s][0]) : int(offsets[e][1])]
         assert re.sub(r"\s", "", hf_answer) == re.sub(r"\s", "", ours_answer), (hf_answer, ours_answer)
+
+
+def test_the_reader_answers_over_http(reader, tmp_path: Path, uses_servers: None) -> None:
+    """`mlflow models serve` on the registered reader: an answer with its offsets, "no answer" for a context with
+    nothing in it (null offsets, never NaN), and a one-line 400 for a missing column."""
+    home, squad, result = reader
+    q = read_squad(squad)[0]
+    with mlflow_models_serve(
+        f"models:/{NAME}@candidate", result["tracking_uri"], tmp_path / "serve.log"
+    ) as url:
+        records = [
+            {"question": q.question, "context": q.context},
+            {"question": "In what year ?", "context": " "},
+        ]
+        status, body = post(url, {"dataframe_records": records})
+        assert status == 200, body
+        answer, nothing = body["predictions"]
+        assert (
+            q.context[answer["start"] : answer["end"]] == answer["answer"] != "" and 0 < answer["score"] <= 1
+        )
+        assert nothing["answer"] == "" and nothing["start"] is None and nothing["end"] is None
+        pieces = len(
+            SentencePieceTokenizer.load(Path(result["model_dir"]) / "tokenizer").encode_one(q.question)
+        )
+        assert answer["truncated"] is (pieces > 32) and nothing["truncated"] is False  # --max-query-len 32
+        status, body = post(url, {"dataframe_records": [{"question": "When ?"}]})
+        assert status == 400 and "context" in body["message"] and "stack_trace" not in body, body

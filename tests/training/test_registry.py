@@ -7,13 +7,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -26,6 +21,7 @@ from albert_core import AlbertConfig, AlbertForPreTraining
 from albert_core.checkpoint import load_model, save_model
 from albert_core.errors import UserError
 from albert_core.tokenizer import SentencePieceTokenizer
+from tests.serving import mlflow_models_serve, post
 from training.registry import (
     HF_EXPORT_TAG,
     configure_mlflow,
@@ -217,17 +213,6 @@ def test_partially_shared_model_registers_without_hf_export(
     assert [len(candidates) for candidates in out["fill_mask"][0]] == [5, 5]
 
 
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def test_served_model_answers_plain_json_over_http(
     mlflow_home: Path, tokenizer_dir: Path, tmp_path: Path, uses_servers: None
 ) -> None:
@@ -238,33 +223,10 @@ def test_served_model_answers_plain_json_over_http(
     experiment_id = get_or_create_experiment("albert-test", mlflow_home)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         registered = log_and_register(model_dir, run_id=run.info.run_id, model_name=MODEL_NAME)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri(mlflow_home),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }  # its uvicorn
-    log = (tmp_path / "serve.log").open("wb")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", registered["alias_uri"],
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}/invocations"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow models serve did not answer /ping in 120 s"
-                time.sleep(0.5)
-
-        status, body = _post(url, {"dataframe_records": [{"text": MASKED}, {"text": PAIR[0], "text_b": PAIR[1]}],
+    with mlflow_models_serve(
+        registered["alias_uri"], tracking_uri(mlflow_home), tmp_path / "serve.log"
+    ) as url:
+        status, body = post(url, {"dataframe_records": [{"text": MASKED}, {"text": PAIR[0], "text_b": PAIR[1]}],
                                    "params": {"top_k": 3}})  # fmt: skip
         assert status == 200, body
         masked, pair = body["predictions"]
@@ -273,12 +235,12 @@ def test_served_model_answers_plain_json_over_http(
         assert masked["sop_swapped_probability"] is None and masked["truncated"] is False
         assert pair["fill_mask"] == [] and 0 <= pair["sop_swapped_probability"] <= 1
 
-        status, body = _post(url, {"dataframe_records": [{"txt": MASKED}]})
+        status, body = post(url, {"dataframe_records": [{"txt": MASKED}]})
         assert status == 400 and "text" in body["message"], body
         assert "stack_trace" not in body and "Traceback" not in json.dumps(body)
 
         long_text = " ".join(["word"] * 5000) + " [MASK] ."
-        status, body = _post(
+        status, body = post(
             url, {"dataframe_records": [{"text": long_text}, {"text": PAIR[0], "text_b": long_text}]}
         )
         assert status == 200, body
@@ -287,9 +249,6 @@ def test_served_model_answers_plain_json_over_http(
             0,
             0,
         ]  # the mask was in the cut tail
-        status, body = _post(url, {"dataframe_records": [{"text": long_text}], "params": {"truncate": False}})
+        status, body = post(url, {"dataframe_records": [{"text": long_text}], "params": {"truncate": False}})
         assert status == 400 and "exceeds the model's" in body["message"], body
         assert "stack_trace" not in body and len(body["message"]) < 2000
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
