@@ -14,18 +14,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from albert_core.tokenizer import SentencePieceTokenizer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Window:
-    input_ids: list[int]
-    token_type_ids: list[int]
+    input_ids: (
+        np.ndarray
+    )  # int32: a SQuAD-sized training set is ~30 M ids, 4 bytes each instead of ~36 in a list
     first: int  # index in the context's pieces of the window's first context piece
     offset: int  # position of that piece in input_ids: len(question) + 2
     length: int  # context pieces in the window
+
+    @property
+    def token_type_ids(self) -> np.ndarray:
+        """0 for [CLS] question [SEP], 1 for the context and its [SEP]."""
+        return (np.arange(len(self.input_ids)) >= self.offset).astype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,8 @@ def windows(
     out, first = [], 0
     while True:
         length = min(room, len(context_ids) - first)
-        ids = [*head, *context_ids[first : first + length], tokenizer.sep_id]
-        out.append(Window(ids, [0] * len(head) + [1] * (length + 1), first, len(head), length))
+        ids = np.array([*head, *context_ids[first : first + length], tokenizer.sep_id], dtype=np.int32)
+        out.append(Window(ids, first, len(head), length))
         if first + length >= len(context_ids):
             return out
         first += min(length, doc_stride)
@@ -113,8 +120,8 @@ def window_batch(batch: list[Window], pad_id: int) -> dict[str, torch.Tensor]:
     token_type_ids = torch.zeros_like(input_ids)
     attention_mask = torch.zeros_like(input_ids)
     for i, w in enumerate(batch):
-        input_ids[i, : len(w.input_ids)] = torch.tensor(w.input_ids)
-        token_type_ids[i, : len(w.input_ids)] = torch.tensor(w.token_type_ids)
+        input_ids[i, : len(w.input_ids)] = torch.from_numpy(w.input_ids)
+        token_type_ids[i, w.offset : len(w.input_ids)] = 1
         attention_mask[i, : len(w.input_ids)] = 1
     return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
 

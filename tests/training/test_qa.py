@@ -147,8 +147,8 @@ def test_the_reader_exports_to_transformers(reader, tmp_path: Path, capsys: pyte
         offsets = encoded.pop("offset_mapping")[0]
         question_ids, _ = question_pieces(ours, q.question, 32)
         (window,) = windows(ours, question_ids, ours.encode_one(q.context), 96, 48)
-        assert encoded["input_ids"][0].tolist() == window.input_ids  # same pieces, same pair layout
-        assert encoded["token_type_ids"][0].tolist() == window.token_type_ids
+        assert encoded["input_ids"][0].tolist() == window.input_ids.tolist()  # same pieces, same pair layout
+        assert encoded["token_type_ids"][0].tolist() == window.token_type_ids.tolist()
         with torch.no_grad():
             theirs = hf.eval()(**encoded)
             mine = model.eval()(encoded["input_ids"], encoded["token_type_ids"], encoded["attention_mask"])

@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -111,9 +112,9 @@ def test_windows_cover_a_long_context_doc_stride_apart(tokenizer: SentencePieceT
     made = windows(tokenizer, question, context, max_seq_len=28, doc_stride=8)  # room 20 = 28 - 5 - 3
     assert [w.first for w in made] == [0, 8, 16, 24, 32] and made[-1].first + made[-1].length == 50
     for w in made:
-        assert w.input_ids == [tokenizer.cls_id, *question, tokenizer.sep_id,
-                               *context[w.first : w.first + w.length], tokenizer.sep_id]  # fmt: skip
-        assert w.token_type_ids == [0] * 7 + [1] * (w.length + 1) and len(w.input_ids) <= 28
+        assert w.input_ids.tolist() == [tokenizer.cls_id, *question, tokenizer.sep_id,
+                                        *context[w.first : w.first + w.length], tokenizer.sep_id]  # fmt: skip
+        assert w.token_type_ids.tolist() == [0] * 7 + [1] * (w.length + 1) and len(w.input_ids) <= 28
     assert span_in_window(made[1], 10, 12) == (7 + 2, 7 + 4)
     assert span_in_window(made[1], 26, 28) == (0, 0)  # cut by the window's end: [CLS]
     assert [w.length for w in windows(tokenizer, question, [], 28, 8)] == [0]
@@ -122,7 +123,7 @@ def test_windows_cover_a_long_context_doc_stride_apart(tokenizer: SentencePieceT
 
 
 def test_best_span_is_the_most_probable_allowed_pair() -> None:
-    window = Window(list(range(9)), [0, 0, 0, 1, 1, 1, 1, 1, 1], first=10, offset=3, length=5)
+    window = Window(np.arange(9, dtype=np.int32), first=10, offset=3, length=5)
     start = torch.tensor([0.0, 9, 9, 1, 5, 0, 0, 0, 9])  # 1, 2: question pieces; 8: the last [SEP]
     end = torch.tensor([0.0, 9, 9, 0, 0, 0, 1, 6, 9])
     span, null = best_span(start, end, window, max_answer_len=4)
@@ -187,7 +188,9 @@ def test_a_split_with_an_empty_side_is_refused(tmp_path: Path) -> None:
     ok = {"id": "a", "question": "When?", "answers": [{"text": "1912", "answer_start": 17}]}
     path = _write(tmp_path / "one.json", [ok])  # one context: it lands on one side whatever the share
     cfg = FinetuneConfig(model_uri="models:/m/1", train_path=path, task="qa", eval_share=0.5)
-    with pytest.raises(UserError, match=r"one.json: [01] training and [01] held-out questions; both parts need"):
+    with pytest.raises(
+        UserError, match=r"one.json: [01] training and [01] held-out questions; both parts need"
+    ):
         load_questions(cfg)
     train, evaluation = load_questions(cfg.replace(eval_path=path))
     assert [q.id for q in train] == [q.id for q in evaluation] == ["a"]
