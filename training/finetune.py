@@ -190,6 +190,14 @@ def accuracy_and_macro_f1(truth: Sequence[int], predicted: Sequence[int]) -> tup
     return sum(tp.values()) / len(truth), sum(f1) / len(f1)
 
 
+def confusion(truth: Sequence[int], predicted: Sequence[int], labels: list[str]) -> dict[str, Any]:
+    """The confusion table (rows: true label, columns: predicted, in `labels` order), as the run's artifact."""
+    matrix = [[0] * len(labels) for _ in labels]
+    for t, p in zip(truth, predicted, strict=True):
+        matrix[t][p] += 1
+    return {"labels": labels, "rows": "true label", "columns": "predicted label", "matrix": matrix}
+
+
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
@@ -278,6 +286,7 @@ def finetune(cfg: FinetuneConfig, *, home: Path, progress: Callable[[str], Any] 
             run.log({TRAIN_LOSS: train_loss, EVAL_ACCURACY: accuracy, EVAL_F1_MACRO: f1}, step=epoch)
             progress(f"epoch {epoch}/{cfg.epochs}: train_loss {train_loss:.4f}  eval_accuracy "
                      f"{accuracy:.4f}  eval_f1_macro {f1:.4f}  (majority {majority:.4f})")  # fmt: skip
-        run.finish(model, labels=splits.labels, pyfunc=classifier_pyfunc)
+        table = confusion(splits.eval_label_ids, predicted, splits.labels)
+        run.finish(model, labels=splits.labels, pyfunc=classifier_pyfunc, artifacts={"confusion.json": table})
     return run.summary(accuracy=accuracy, f1_macro=f1, majority_baseline=majority, labels=splits.labels,
                        train_examples=len(train_rows), eval_examples=len(eval_rows))  # fmt: skip

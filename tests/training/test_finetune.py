@@ -147,6 +147,11 @@ def test_finetune_classifies_books_registers_and_serves(
     losses = [m.value for m in client.get_metric_history(result["run_id"], TRAIN_LOSS)]
     assert losses[-1] < losses[0] - 0.3
     assert client.get_metric_history(result["run_id"], EVAL_ACCURACY)[-1].value == result["accuracy"]
+    table = json.loads(
+        Path(client.download_artifacts(result["run_id"], "confusion.json", str(tmp_path))).read_text()
+    )
+    assert table["labels"] == books_labels and sum(map(sum, table["matrix"])) == result["eval_examples"]
+    assert sum(table["matrix"][i][i] for i in range(4)) == round(result["accuracy"] * result["eval_examples"])
     assert (
         client.get_experiment(client.get_run(result["run_id"]).info.experiment_id).name == "albert-finetuning"
     )
