@@ -16,6 +16,7 @@ model cannot hold fails before any MLflow run exists.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import tempfile
 import time
@@ -66,6 +67,13 @@ def absolute_location(uri_or_path: str | Path) -> str:
     """A URI as given; a local path made absolute, so lineage tags still point at it from elsewhere."""
     text = str(uri_or_path)
     return text if ":/" in text else str(Path(text).absolute())
+
+
+def in_hashed_share(key: str, share: float) -> bool:
+    """Whether `key` falls in the first `share` of [0, 1) by a sha256 of it: a split that never depends on file
+    order, and puts equal keys (a repeated tweet, a paragraph's questions) on one side."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
 def train_and_held_out(

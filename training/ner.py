@@ -15,7 +15,6 @@ CoNLL-2000 evaluation script does; such tags are counted (`repaired_i_tags`), no
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from albert_core.errors import UserError
 from albert_core.tagging import OUTSIDE, Entity, entities  # noqa: F401  (re-exported for the tests and callers)
+from training.finetune_run import in_hashed_share
 
 IGNORE = -100  # the loss skips padding, [CLS]/[SEP] and every piece of a word after its first
 
@@ -140,8 +140,7 @@ def labels_of(sentences: Sequence[Sentence]) -> list[str]:
 def held_out(sentence: Sentence, eval_share: float) -> bool:
     """The sentence belongs to the evaluation part: a hash of its words, so the split never depends on order,
     and a repeated tweet lands on one side only."""
-    digest = hashlib.sha256(sentence.key.encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < eval_share
+    return in_hashed_share(sentence.key, eval_share)
 
 
 def align(

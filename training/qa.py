@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import json
 import re
 import string
@@ -30,6 +29,7 @@ from typing import Any
 from albert_core.errors import UserError
 from albert_core.extractive import Window, question_pieces, span_in_window, windows
 from albert_core.tokenizer import SentencePieceTokenizer
+from training.finetune_run import in_hashed_share
 
 
 @dataclass(frozen=True)
@@ -111,8 +111,7 @@ def _question(qa: Any, context: str, where: str) -> Question:
 
 def held_out(question: Question, share: float) -> bool:
     """Whether the question's context falls in the held-out `share`, by a sha256 of the context text."""
-    digest = hashlib.sha256(question.context.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < share
+    return in_hashed_share(question.context, share)
 
 
 # --- model inputs ------------------------------------------------------------------------------------------------
