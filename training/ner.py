@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from albert_core.errors import UserError
-from albert_core.tagging import OUTSIDE, Entity, entities  # noqa: F401  (re-exported for the tests and callers)
+from albert_core.tagging import OUTSIDE, Entity, entities, first_pieces  # noqa: F401  (re-exported for the tests and callers)
 from training.finetune_run import in_hashed_share
 
 IGNORE = -100  # the loss skips padding, [CLS]/[SEP] and every piece of a word after its first
@@ -144,20 +144,16 @@ def held_out(sentence: Sentence, eval_share: float) -> bool:
 
 
 def align(
-    words: Sequence[list[int]], tags: Sequence[str], label_ids: dict[str, int], limit: int
+    words: Iterable[list[int]], tags: Sequence[str], label_ids: dict[str, int], limit: int
 ) -> tuple[list[int], list[int], int]:
     """(piece ids, labels, words kept): the first piece of each word carries its tag's id, later pieces
-    `IGNORE`; words are kept whole while `limit` pieces (without [CLS]/[SEP]) hold them."""
-    ids: list[int] = []
-    labels: list[int] = []
-    kept = 0
-    for pieces, tag in zip(words, tags, strict=True):
-        if len(ids) + len(pieces) > limit:
-            break
-        ids += pieces
-        labels += [label_ids[tag]] + [IGNORE] * (len(pieces) - 1)
-        kept += 1
-    return ids, labels, kept
+    `IGNORE`; words are kept whole while `limit` pieces (without [CLS]/[SEP]) hold them (`first_pieces`, as the
+    served tagger packs them)."""
+    ids, firsts = first_pieces(words, limit)
+    labels = [IGNORE] * len(ids)
+    for first, tag in zip(firsts, tags, strict=False):  # the kept words: the first len(firsts) tags
+        labels[first] = label_ids[tag]
+    return ids, labels, len(firsts)
 
 
 def entity_scores(

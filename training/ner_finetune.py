@@ -22,6 +22,7 @@ import torch
 
 from albert_core.errors import UserError
 from albert_core.model import AlbertForTokenClassification
+from albert_core.tagging import word_pieces
 from albert_core.tokenizer import SentencePieceTokenizer
 from training import ner_pyfunc
 from training.config import FinetuneConfig
@@ -60,8 +61,9 @@ def encode(
     """(`[CLS] pieces [SEP]` per sentence, labels aligned to them, sentences cut short by max_seq_len)."""
     rows, labels, cut = [], [], 0
     for sentence in sentences:
-        words = [tokenizer.encode_one(word) or [tokenizer.unk_id] for word in sentence.tokens]
-        ids, tags, kept = align(words, sentence.tags, label_ids, max_seq_len - 2)
+        ids, tags, kept = align(
+            word_pieces(tokenizer, sentence.tokens), sentence.tags, label_ids, max_seq_len - 2
+        )
         rows.append([tokenizer.cls_id, *ids, tokenizer.sep_id])
         labels.append([IGNORE, *tags, IGNORE])
         cut += kept < len(sentence.tokens)

@@ -1,12 +1,12 @@
 """A fine-tuned named-entity tagger's serving face: an MLflow `pyfunc` that finds entities in raw text.
 
-It wraps a folder written by `albert_core.checkpoint.save_classifier` for an `AlbertForTokenClassification`.
-Input is a DataFrame with a `text` column. The text is split into words at whitespace (as the training data's
-tokens are), each word is encoded on its own and tagged by its first piece, exactly as training aligned the
-labels (`training.ner.align`); the tags become entities with `albert_core.tagging.entities`. Output, one row per
-text: `entities`, a list of {"type", "text", "start", "end", "score"} with character offsets into the text (the
-score is the mean probability of the entity's word tags), and `truncated` (words past the model's sequence
-length are not tagged).
+It wraps a folder written by `albert_core.checkpoint.save_classifier` for an `AlbertForTokenClassification`. Input
+is a DataFrame with a `text` column. The text is split into words at whitespace (as the training data's tokens are),
+each word is encoded on its own and tagged by its first piece, exactly as training aligned the labels
+(`albert_core.tagging.word_pieces` and `first_pieces`, which `training.ner.align` uses too); the tags become
+entities with `albert_core.tagging.entities`. Output, one row per text: `entities`, a list of {"type", "text",
+"start", "end", "score"} with character offsets into the text (the score is the mean probability of the entity's
+word tags), and `truncated` (words past the model's sequence length are not tagged).
 
 Loading needs only `albert_core` (shipped with the model as code) and its dependencies, not this project. The
 file is logged as the model's code ("models from code"): `set_model` at the bottom names the object MLflow serves.
@@ -29,7 +29,7 @@ from mlflow.types.schema import Array, Object, Property
 
 from albert_core.checkpoint import load_classifier
 from albert_core.model import AlbertForTokenClassification
-from albert_core.tagging import entities
+from albert_core.tagging import entities, first_pieces, word_pieces
 from albert_core.tokenizer import SentencePieceTokenizer
 
 ENTITY = Object([Property("type", "string"), Property("text", "string"), Property("start", "long"),
@@ -43,21 +43,6 @@ WORD = re.compile(r"\S+")
 
 def input_example() -> pd.DataFrame:
     return pd.DataFrame({"text": ["Empire State Building = ESB . Pretty bad storm here last evening ."]})
-
-
-def encode_words(
-    tokenizer: SentencePieceTokenizer, words: list[str], limit: int
-) -> tuple[list[int], list[int]]:
-    """(piece ids, index of each kept word's first piece) for the words that fit in `limit` pieces."""
-    ids: list[int] = []
-    firsts: list[int] = []
-    for word in words:
-        pieces = tokenizer.encode_one(word) or [tokenizer.unk_id]
-        if len(ids) + len(pieces) > limit:
-            break
-        firsts.append(len(ids))
-        ids += pieces
-    return ids, firsts
 
 
 class AlbertTaggerPyfunc(mlflow.pyfunc.PythonModel):
@@ -101,7 +86,9 @@ class AlbertTaggerPyfunc(mlflow.pyfunc.PythonModel):
         words = list(WORD.finditer(text))
         if not words:
             return [], False
-        ids, firsts = encode_words(self.tokenizer, [w.group() for w in words], self.max_seq_len - 2)
+        ids, firsts = first_pieces(
+            word_pieces(self.tokenizer, [w.group() for w in words]), self.max_seq_len - 2
+        )
         input_ids = torch.tensor([[self.tokenizer.cls_id, *ids, self.tokenizer.sep_id]], device=self.device)
         probs = self.model(input_ids).logits[0, 1:-1].float().softmax(-1)  # (pieces, labels)
         best, label_ids = probs[firsts].max(-1)
