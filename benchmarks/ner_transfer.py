@@ -107,26 +107,13 @@ def pretrained_model(home: Path, shard_id: str, steps: int, workdir: Path) -> di
 def finetune_pair(
     home: Path, model_uri: str, seed: int, epochs: int, workdir: Path
 ) -> dict[str, dict[str, Any]]:
-    """Both inits fine-tuned on WNUT17 at once, one torch thread each (2 cores), into their own registered names."""
-    started = {}
-    for init in INITS:
-        args = ["finetune", "--task", "ner", "--model", model_uri, "--train", str(WNUT), "--init", init,
-                "--seed", str(seed), "--epochs", str(epochs), "--lr", str(LR), "--batch-size", str(BATCH),
-                "--max-seq-len", str(MAX_SEQ_LEN), "--eval-share", str(EVAL_SHARE), "--threads", "1",
-                "--model-name", f"{MODEL_NAME}-tagger-{init}"]  # fmt: skip
-        started[init] = transfer.start_albert(args, home, workdir / f"finetune-{init}-{seed}.stderr")
-    pair = {}
-    for init in INITS:
-        summary, seconds = transfer.finish_albert(started[init], workdir / f"finetune-{init}-{seed}.stderr")
-        pair[init] = {"init": init, "seed": seed, "summary": summary, "command_seconds": seconds}
-    return pair
-
-
-def f1_by_epoch(tracking_uri: str, run_id: str) -> list[float]:
-    from mlflow.tracking import MlflowClient
-
-    points = MlflowClient(tracking_uri).get_metric_history(run_id, EVAL_F1)
-    return [round(p.value, 4) for p in sorted(points, key=lambda p: p.step)]
+    """Both inits fine-tuned on WNUT17, into their own registered names."""
+    return transfer.both_inits(home, seed, workdir, lambda init: [
+        "finetune", "--task", "ner", "--model", model_uri, "--train", str(WNUT), "--init", init,
+        "--seed", str(seed), "--epochs", str(epochs), "--lr", str(LR), "--batch-size", str(BATCH),
+        "--max-seq-len", str(MAX_SEQ_LEN), "--eval-share", str(EVAL_SHARE), "--threads", "1",
+        "--model-name", f"{MODEL_NAME}-tagger-{init}",
+    ])  # fmt: skip
 
 
 # --- statistics --------------------------------------------------------------------------------------------------
@@ -233,7 +220,7 @@ def main() -> None:
             pair = finetune_pair(home, model_uri, seed, epochs, workdir)
             for run in pair.values():
                 s = run["summary"]
-                run["entity_f1_by_epoch"] = f1_by_epoch(s["tracking_uri"], s["run_id"])
+                run["entity_f1_by_epoch"] = transfer.metric_by_epoch(s["tracking_uri"], s["run_id"], EVAL_F1)
             figures = compare(pair, sentences)
             per_seed.append(
                 {"seed": seed, **{init: scores(pair[init]["summary"]) for init in INITS}, **figures}

@@ -38,12 +38,13 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from benchmarks.time_to_quality import albert_command, child_env
 from benchmarks.train_loader import CORPORA, RESULTS, bench_home, build_bench_shards, environment, log
-from training.finetune import FinetuneConfig
+from training.finetune import EVAL_ACCURACY, FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_BOOK, EVAL_PER_BOOK = 400, 400  # the smallest book (Alice) has about 1,050 usable sentences
@@ -143,17 +144,13 @@ def pretrain(home: Path, shard_id: str, steps: int, workdir: Path) -> dict[str, 
     return {"command": ["albert", *args, "--json"], "summary": summary, "config": config, "seconds": seconds}
 
 
-def finetune_pair(
-    home: Path, model_uri: str, seed: int, paths: tuple[Path, Path], workdir: Path
+def both_inits(
+    home: Path, seed: int, workdir: Path, args: Callable[[str], list[str]]
 ) -> dict[str, dict[str, Any]]:
-    """Both inits fine-tuned at once, one torch thread each (2 cores), into their own registered names."""
-    started = {}
-    for init in INITS:
-        args = ["finetune", "--model", model_uri, "--train", str(paths[0]), "--eval", str(paths[1]),
-                "--init", init, "--seed", str(seed), "--epochs", str(EPOCHS), "--lr", str(LR),
-                "--batch-size", str(BATCH), "--max-seq-len", str(MAX_SEQ_LEN), "--threads", "1",
-                "--model-name", f"{MODEL_NAME}-classifier-{init}"]  # fmt: skip
-        started[init] = start_albert(args, home, workdir / f"finetune-{init}-{seed}.stderr")
+    """`albert finetune ARGS(init)` for both inits at once, one torch thread each (2 cores): {init: its run}."""
+    started = {
+        init: start_albert(args(init), home, workdir / f"finetune-{init}-{seed}.stderr") for init in INITS
+    }
     pair = {}
     for init in INITS:
         summary, seconds = finish_albert(started[init], workdir / f"finetune-{init}-{seed}.stderr")
@@ -161,12 +158,22 @@ def finetune_pair(
     return pair
 
 
-def epoch_accuracies(tracking_uri: str, run_id: str) -> list[float]:
+def finetune_pair(
+    home: Path, model_uri: str, seed: int, paths: tuple[Path, Path], workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """Both inits fine-tuned on the book sentences, into their own registered names."""
+    return both_inits(home, seed, workdir, lambda init: [
+        "finetune", "--model", model_uri, "--train", str(paths[0]), "--eval", str(paths[1]), "--init", init,
+        "--seed", str(seed), "--epochs", str(EPOCHS), "--lr", str(LR), "--batch-size", str(BATCH),
+        "--max-seq-len", str(MAX_SEQ_LEN), "--threads", "1", "--model-name", f"{MODEL_NAME}-classifier-{init}",
+    ])  # fmt: skip
+
+
+def metric_by_epoch(tracking_uri: str, run_id: str, metric: str) -> list[float]:
+    """A fine-tuning run's `metric` after each epoch, in order."""
     from mlflow.tracking import MlflowClient
 
-    from training.finetune import EVAL_ACCURACY
-
-    points = MlflowClient(tracking_uri).get_metric_history(run_id, EVAL_ACCURACY)
+    points = MlflowClient(tracking_uri).get_metric_history(run_id, metric)
     return [round(p.value, 4) for p in sorted(points, key=lambda p: p.step)]
 
 
@@ -288,7 +295,7 @@ def main() -> None:
             pair = finetune_pair(home, model_uri, seed, paths, workdir)
             for run in pair.values():
                 s = run["summary"]
-                run["eval_accuracy_by_epoch"] = epoch_accuracies(s["tracking_uri"], s["run_id"])
+                run["eval_accuracy_by_epoch"] = metric_by_epoch(s["tracking_uri"], s["run_id"], EVAL_ACCURACY)
             figures = compare(pair, paths[1])
             per_seed.append(
                 {"seed": seed, **{init: pair[init]["summary"]["accuracy"] for init in pair}, **figures}
