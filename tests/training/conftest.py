@@ -1,12 +1,14 @@
 """Fixtures shared by the training tests."""
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -49,6 +51,26 @@ def wiki_shards(
     shards = build_shards("wiki", "wiki", home=home, cfg=ShardsConfig(max_seq_len=64, eval_share=0.1))["id"]
     yield home, shards
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def albert_json(tmp_path_factory: pytest.TempPathFactory) -> Callable[[list[str]], dict]:
+    """Runs `albert ARGV --json` in this process, from a scratch working directory, and returns the JSON object it
+    prints last (a failing command fails the test)."""
+    from flows.cli import main
+
+    def run(argv: list[str]) -> dict:
+        mp = pytest.MonkeyPatch()
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        out = tmp_path_factory.mktemp("out") / "stdout"
+        try:
+            with open(out, "w") as f, contextlib.redirect_stdout(f):
+                assert main([*argv, "--json"]) == 0
+        finally:
+            mp.undo()
+        return json.loads(out.read_text().strip().splitlines()[-1])
+
+    return run
 
 
 PRETRAIN_STEPS = 800

@@ -2,7 +2,6 @@
 entities on the held-out part, logs and registers a pyfunc that answers with character offsets, and exports a
 folder that `transformers.AlbertForTokenClassification` and `pipeline("token-classification")` load."""
 
-import contextlib
 import json
 import math
 from collections import Counter
@@ -26,20 +25,13 @@ EPOCHS, LR = 6, 3e-4
 
 
 @pytest.fixture(scope="module")
-def tagged(pretrained_en: tuple[Path, dict, str], corpora: Path, tmp_path_factory: pytest.TempPathFactory):
-    """(home, summary lines, --json result) of one `albert finetune --task ner` on WNUT17."""
+def tagged(pretrained_en: tuple[Path, dict, str], corpora: Path, albert_json):
+    """(home, --json result) of one `albert finetune --task ner` on WNUT17."""
     home, summary, _ = pretrained_en
     wnut = corpora / "downstream" / "wnut17-train.conll"
-    argv = ["finetune", "--task", "ner", "--model", summary["model_uri"], "--train", str(wnut),
-            "--epochs", str(EPOCHS), "--lr", str(LR), "--max-seq-len", "64", "--batch-size", "32", "--threads", "2",
-            "--model-name", "albert-ner-test", "--home", str(home), "--json"]  # fmt: skip
-    mp = pytest.MonkeyPatch()
-    mp.chdir(tmp_path_factory.mktemp("cwd"))
-    out = tmp_path_factory.mktemp("out") / "stdout"
-    with open(out, "w") as f, contextlib.redirect_stdout(f):
-        assert main(argv) == 0
-    mp.undo()
-    yield home, json.loads(out.read_text().strip().splitlines()[-1])
+    yield home, albert_json(["finetune", "--task", "ner", "--model", summary["model_uri"], "--train", str(wnut),
+                             "--epochs", str(EPOCHS), "--lr", str(LR), "--max-seq-len", "64", "--batch-size", "32",
+                             "--threads", "2", "--model-name", "albert-ner-test", "--home", str(home)])  # fmt: skip
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
 

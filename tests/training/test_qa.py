@@ -7,7 +7,6 @@ transformers 5 removed `pipeline("question-answering")` (it points to text gener
 what that pipeline did, by hand, on the exported folder: tokenize the pair with offsets, take the best span of the
 context, cut it out by the offsets."""
 
-import contextlib
 import dataclasses
 import json
 import re
@@ -36,21 +35,15 @@ NAME = "albert-qa-test"
 
 
 @pytest.fixture(scope="module")
-def reader(pretrained_en: tuple[Path, dict, str], corpora: Path, tmp_path_factory: pytest.TempPathFactory):
+def reader(pretrained_en: tuple[Path, dict, str], corpora: Path, tmp_path_factory: pytest.TempPathFactory,
+           albert_json):  # fmt: skip
     """(home, the SQuAD file, --json result) of one `albert finetune --task qa` on the built set."""
     home, summary, _ = pretrained_en
     squad = write_squad(tmp_path_factory.mktemp("squad") / "train.json",
                         build_squad(corpora / "wikitext2-valid.raw.txt", questions=300))  # fmt: skip
-    argv = ["finetune", "--task", "qa", "--model", summary["model_uri"], "--train", str(squad),
-            "--eval-share", str(SHARE), "--epochs", str(EPOCHS), "--lr", str(LR), *SETTINGS, "--threads", "2",
-            "--model-name", NAME, "--home", str(home), "--json"]  # fmt: skip
-    mp = pytest.MonkeyPatch()
-    mp.chdir(tmp_path_factory.mktemp("cwd"))
-    out = tmp_path_factory.mktemp("out") / "stdout"
-    with open(out, "w") as f, contextlib.redirect_stdout(f):
-        assert main(argv) == 0
-    mp.undo()
-    yield home, squad, json.loads(out.read_text().strip().splitlines()[-1])
+    yield home, squad, albert_json(["finetune", "--task", "qa", "--model", summary["model_uri"], "--train", str(squad),
+                                    "--eval-share", str(SHARE), "--epochs", str(EPOCHS), "--lr", str(LR), *SETTINGS,
+                                    "--threads", "2", "--model-name", NAME, "--home", str(home)])  # fmt: skip
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
 
